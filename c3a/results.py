@@ -1,0 +1,162 @@
+"""One JSON file per run: the schema, the path derived from the config, atomic writes.
+
+The path is a function of the resolved config and the seed (never a timestamp), so rerunning a
+sweep finds the runs already done and only does the missing ones. Tables read nothing else.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+#: config keys that do not change what a run computes, left out of the run's identity
+NON_IDENTITY_KEYS = ("seed", "paths", "logger", "force", "hydra", "print_config", "dry_run", "trainer.progress_bar")
+
+
+@dataclass
+class RunResult:
+    """Everything one run produced. ``status`` is "completed" or "failed" (failed runs never enter tables)."""
+
+    run_id: str
+    status: str
+    model: str
+    method: str
+    task: str
+    seed: int
+    config: dict[str, Any]
+    split: dict[str, Any] = field(default_factory=dict)
+    selection_metric: str = ""
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # {epoch, train_loss, lr, val{}, test{}, time_s}
+    best_epoch: int | None = None
+    best_val: dict[str, float] = field(default_factory=dict)
+    test_at_best: dict[str, float] = field(default_factory=dict)
+    test_last: dict[str, float] = field(default_factory=dict)
+    params: dict[str, int] = field(default_factory=dict)  # trainable_excl_head, head, trainable_total, total
+    memory: dict[str, Any] = field(default_factory=dict)  # kind ("cuda" | "cpu_rss"), peak_bytes, ...
+    timing: dict[str, float] = field(default_factory=dict)  # wall_s, train_samples_per_s
+    provenance: dict[str, Any] = field(default_factory=dict)  # git commit, versions, device
+    error: str | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=False, default=str)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def _drop(config: dict, dotted: str) -> None:
+    head, _, rest = dotted.partition(".")
+    if head not in config:
+        return
+    if rest:
+        if isinstance(config[head], dict):
+            _drop(config[head], rest)
+    else:
+        del config[head]
+
+
+def config_hash(config: dict) -> str:
+    """A short stable hash of what the run computes (the resolved config minus non-identity keys)."""
+    ident = json.loads(json.dumps(config, default=str))
+    for key in NON_IDENTITY_KEYS:
+        _drop(ident, key)
+    blob = json.dumps(ident, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:10]
+
+
+def run_id(config: dict, model: str, method: str, task: str, seed: int) -> str:
+    """``task/model/method/<config-hash>/seed<N>``: readable, and unique per config and seed."""
+    return f"{task}/{model}/{method}/{config_hash(config)}/seed{seed}"
+
+
+def result_path(results_dir: str | os.PathLike, rid: str) -> Path:
+    return Path(results_dir) / "runs" / f"{rid}.json"
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write via a temp file in the same folder and rename, so a kill never leaves half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_result(path: str | os.PathLike, result: RunResult) -> None:
+    atomic_write_text(path, result.to_json())
+
+
+def load_result(path: str | os.PathLike) -> RunResult:
+    return RunResult.from_dict(json.loads(Path(path).read_text()))
+
+
+def completed(path: str | os.PathLike) -> bool:
+    """True when a completed result exists at ``path`` (a failed one is retried on rerun)."""
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        return json.loads(path.read_text()).get("status") == "completed"
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def iter_results(results_dir: str | os.PathLike):
+    """Every run JSON under ``results_dir/runs`` (completed and failed), sorted by path."""
+    for path in sorted((Path(results_dir) / "runs").rglob("*.json")):
+        try:
+            yield path, load_result(path)
+        except (json.JSONDecodeError, TypeError):
+            continue
+
+
+PACKAGES = ("torch", "transformers", "peft", "accelerate", "datasets", "evaluate", "hydra-core", "c3a-peft")
+
+
+def provenance() -> dict[str, Any]:
+    """Git commit (and whether the tree was dirty), package versions and the machine."""
+    root = Path(__file__).resolve().parent.parent
+
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=5,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {
+        "git_commit": git("rev-parse", "HEAD"),
+        "git_dirty": bool(status) if status is not None else None,
+        "versions": versions,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
