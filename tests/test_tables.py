@@ -1,0 +1,314 @@
+"""Table 2 aggregation and rendering, from fake run JSONs written with the real result schema."""
+from __future__ import annotations
+
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from c3a.results import RunResult, result_path, write_result
+from c3a.table_render import (MD_MARKS, render_latex, render_markdown, tex_escape, write_table2)
+from c3a.tables import (RUN_COLUMNS, TABLE2_METRIC, TASKS, aggregate, build_tables, collect_runs,
+                        load_memory, load_paper, method_label)
+
+REPO = Path(__file__).resolve().parent.parent
+PAPER_CSV = REPO / "results" / "paper" / "table2.csv"
+
+
+def add_run(results_dir, *, task="rte", seed=0, score=0.7, model="roberta-base", method="c3a", label="C3A b=6",
+            status="completed", protocol="holdout", leaky=False, commit="aaaa1111", versions=None,
+            config_hash="cfg0000001", expected_seeds=None, params=110592, method_cfg=None):
+    """Write one run JSON where the trainer would; ``score`` is the Table 2 metric as a fraction."""
+    config = {"method": method_cfg or {"name": method}, "trainer": {"epochs": 3}}
+    if expected_seeds is not None:
+        config["expected_seeds"] = expected_seeds
+    rid = f"{task}/{model}/{method}/{config_hash}/seed{seed}"
+    metric = TABLE2_METRIC[task] if task in TABLE2_METRIC else "accuracy"
+    result = RunResult(
+        run_id=rid, status=status, model=model, method=method, task=task, seed=seed, config=config,
+        method_label=label, split={"protocol": protocol, "leaky": leaky}, selection_metric=metric,
+        test_at_best={} if status == "failed" else {metric: score},
+        params={"trainable_excl_head": params},
+        provenance={"git_commit": commit, "versions": versions or {"torch": "2.4.0"}},
+        error="boom" if status == "failed" else None)
+    write_result(result_path(results_dir, rid), result)
+    return result
+
+
+def only_table(results_dir, **kw):
+    _, tables = build_tables(results_dir, PAPER_CSV, **kw)
+    assert len(tables) == 1
+    return tables[0]
+
+
+def find_row(table, model_row, label):
+    return next(r for r in table.rows if r.model_row == model_row and r.label == label)
+
+
+def test_mean_and_sample_std_over_seeds(tmp_path):
+    scores = [0.70, 0.74, 0.78]
+    for seed, s in enumerate(scores):
+        add_run(tmp_path, seed=seed, score=s)
+    cell = find_row(only_table(tmp_path), "Base", "C3A b=6").cells["rte"]
+    assert cell.n == 3
+    assert cell.mean == pytest.approx(74.0)
+    assert cell.std == pytest.approx(statistics.stdev([70, 74, 78]))  # ddof=1: 4.0, not 3.27
+    assert cell.std == pytest.approx(4.0)
+
+
+def test_single_seed_shows_no_plus_minus(tmp_path):
+    add_run(tmp_path, score=0.7)
+    table = only_table(tmp_path)
+    assert find_row(table, "Base", "C3A b=6").cells["rte"].std is None
+    row_md = [l for l in render_markdown([table]).splitlines() if l.startswith("| Base")][0]
+    assert "70.00 (paper 77.18, Δ -7.18)" in row_md
+    assert "±" not in row_md.split("|")[9]  # the RTE column
+
+
+def test_fewer_seeds_than_configured_marked(tmp_path):
+    for seed in range(3):
+        add_run(tmp_path, seed=seed, expected_seeds=5)
+    table = only_table(tmp_path)
+    cell = find_row(table, "Base", "C3A b=6").cells["rte"]
+    assert cell.short and cell.expected == 5
+    md = render_markdown([table])
+    assert MD_MARKS["short"] in md and "n=3/5" in md
+
+
+def test_expected_seeds_default_to_row_maximum(tmp_path):
+    for seed in range(4):
+        add_run(tmp_path, task="rte", seed=seed)
+    for seed in range(2):
+        add_run(tmp_path, task="mrpc", seed=seed)
+    row = find_row(only_table(tmp_path), "Base", "C3A b=6")
+    assert not row.cells["rte"].short
+    assert row.cells["mrpc"].short and row.cells["mrpc"].expected == 4
+    assert "n=2/4" in render_markdown([only_table(tmp_path)])
+
+
+def test_failed_runs_excluded_and_counted(tmp_path):
+    add_run(tmp_path, seed=0, score=0.70)
+    add_run(tmp_path, seed=1, score=0.80)
+    add_run(tmp_path, seed=2, status="failed")
+    table = only_table(tmp_path)
+    cell = find_row(table, "Base", "C3A b=6").cells["rte"]
+    assert cell.n == 2 and cell.failed == 1 and cell.mean == pytest.approx(75.0)
+    assert table.failed == 1
+    assert cell.short  # 2 completed of 3 attempted seeds
+    md = render_markdown([table])
+    assert "1 failed run(s) excluded" in md and "Base C3A b=6 RTE x1" in md
+
+
+def test_failed_run_without_split_is_reported(tmp_path):
+    add_run(tmp_path, seed=0)
+    add_run(tmp_path, seed=1, status="failed", protocol=None)
+    md = write_table2(tmp_path, tmp_path / "out", plot=False, paper_csv=PAPER_CSV)
+    assert "1 failed run(s) without a table for their split protocol" in md
+
+
+def test_protocols_never_mixed(tmp_path):
+    add_run(tmp_path, seed=0, score=0.60, protocol="holdout")
+    add_run(tmp_path, seed=0, score=0.90, protocol="dev_half", config_hash="cfg0000002")
+    add_run(tmp_path, seed=1, score=0.95, protocol="dev", leaky=True, config_hash="cfg0000003")
+    _, tables = build_tables(tmp_path, PAPER_CSV)
+    means = {t.protocol: find_row(t, "Base", "C3A b=6").cells["rte"].mean for t in tables}
+    assert means == {"holdout": pytest.approx(60.0), "dev_half": pytest.approx(90.0),
+                     "dev (leaky)": pytest.approx(95.0)}
+    md = render_markdown(tables)
+    assert md.count("### Table 2 — protocol:") == 3
+    filtered = only_table(tmp_path, protocol="dev_half")
+    assert filtered.protocol == "dev_half"
+
+
+def test_mixed_commit_and_version_flagged(tmp_path):
+    add_run(tmp_path, seed=0, commit="aaaa1111")
+    add_run(tmp_path, seed=1, commit="bbbb2222")
+    add_run(tmp_path, task="mrpc", seed=0)
+    add_run(tmp_path, task="mrpc", seed=1, versions={"torch": "2.5.0"})
+    add_run(tmp_path, task="cola", seed=0)
+    add_run(tmp_path, task="cola", seed=1)
+    table = only_table(tmp_path)
+    row = find_row(table, "Base", "C3A b=6")
+    assert row.cells["rte"].mixed_provenance and row.cells["mrpc"].mixed_provenance
+    assert not row.cells["cola"].mixed_provenance
+    md = render_markdown([table])
+    assert MD_MARKS["mixed"] in md and "aaaa1111, bbbb2222" in md
+
+
+def test_different_configs_in_one_cell_flagged(tmp_path):
+    add_run(tmp_path, seed=0, config_hash="cfg0000001")
+    add_run(tmp_path, seed=1, config_hash="cfg0000002")
+    cell = find_row(only_table(tmp_path), "Base", "C3A b=6").cells["rte"]
+    assert cell.mixed_configs
+    assert "different configs pooled" in render_markdown([only_table(tmp_path)])
+
+
+def test_paper_delta_and_avg_over_all_six(tmp_path):
+    paper = load_paper(PAPER_CSV)[("Base", "C3A b=6")]
+    for task in TASKS:
+        for seed, offset in enumerate((-0.5, 0.5)):
+            add_run(tmp_path, task=task, seed=seed, score=(paper[f"{task}_mean"] + 1.0 + offset) / 100)
+    row = find_row(only_table(tmp_path), "Base", "C3A b=6")
+    for task in TASKS:
+        assert row.cells[task].delta == pytest.approx(1.0)
+        assert row.cells[task].paper_std == pytest.approx(paper[f"{task}_std"])
+    assert not row.avg_partial
+    assert row.avg == pytest.approx(statistics.fmean(paper[f"{t}_mean"] for t in TASKS) + 1.0)
+    assert row.params == [110592]
+    md = render_markdown([only_table(tmp_path)])
+    assert "(paper 77.18, Δ +1.00)" in md
+    assert "110,592 (paper 110,592)" in md
+
+
+def test_avg_over_present_tasks_is_marked(tmp_path):
+    add_run(tmp_path, task="rte", score=0.70)
+    add_run(tmp_path, task="mrpc", score=0.90)
+    row = find_row(only_table(tmp_path), "Base", "C3A b=6")
+    assert row.avg_partial and row.avg == pytest.approx(80.0)
+    md = render_markdown([only_table(tmp_path)])
+    assert "80.00*" in md and "Avg over the present tasks only: Base C3A b=6 (2/6 tasks)" in md
+
+
+def test_task_metrics_and_rows(tmp_path):
+    add_run(tmp_path, task="cola", score=0.6)
+    add_run(tmp_path, task="stsb", score=0.9, model="roberta-large", label="C3A b=8")
+    add_run(tmp_path, task="rte", model="tiny-roberta", label="LoRA r=8", method="lora")
+    runs = collect_runs(tmp_path)
+    assert dict(zip(runs["task"], runs["metric"])) == {"cola": "matthews_correlation", "stsb": "pearson",
+                                                      "rte": "accuracy"}
+    table = only_table(tmp_path)
+    assert [(r.model_row, r.label) for r in table.rows] == [("Base", "C3A b=6"), ("Large", "C3A b=8"),
+                                                             ("tiny-roberta", "LoRA r=8")]
+    assert find_row(table, "tiny-roberta", "LoRA r=8").paper is None
+
+
+def test_label_built_from_config_when_unrecorded(tmp_path):
+    r = add_run(tmp_path, label="", method_cfg={"name": "c3a", "b": 6})
+    assert method_label(r) == "C3A b=6"
+    r = add_run(tmp_path, label="", method="boft", method_cfg={"block_size": 8, "n_butterfly_factor": 2})
+    assert method_label(r) == "BOFT b=8 m=2"
+    r = add_run(tmp_path, label="", method="ia3", method_cfg={})
+    assert method_label(r) == "(IA)3"
+
+
+def test_memory_prefers_cuda_and_takes_largest(tmp_path):
+    add_run(tmp_path)
+    mem = tmp_path / "memory"
+    mem.mkdir()
+    pd.DataFrame([{"model": "roberta-base", "method_label": "C3A b=6", "device": "cpu", "peak_bytes": 9 * 2**30},
+                  {"model": "roberta-base", "method_label": "C3A b=6", "device": "cuda:0", "peak_bytes": 2**30},
+                  {"model": "roberta-base", "method_label": "C3A b=6", "device": "cuda:0",
+                   "peak_bytes": 3 * 2**30}]).to_csv(mem / "a.csv", index=False)
+    assert load_memory(tmp_path)[("roberta-base", "C3A b=6")] == (pytest.approx(3.0), "cuda:0")
+    table = only_table(tmp_path)
+    md = render_markdown([table])
+    assert "3.00 (paper 12.72)" in md and "measured on cuda:0" in md
+
+
+def test_memory_absent_shows_dash(tmp_path):
+    add_run(tmp_path)
+    md = render_markdown([only_table(tmp_path)])
+    assert "| — (paper 12.72) |" in md and "memory not measured" in md
+
+
+def test_markdown_well_formed(tmp_path):
+    for seed in range(2):
+        add_run(tmp_path, seed=seed)
+        add_run(tmp_path, seed=seed, label="LoRA r=8", method="lora", params=294912)
+    md = render_markdown([only_table(tmp_path)])
+    table_lines = [l for l in md.splitlines() if l.startswith("|")]
+    assert len(table_lines) == 2 + 2
+    assert len({l.count("|") - l.count("\\|") for l in table_lines}) == 1  # same column count everywhere
+    assert table_lines[1].startswith("|---|---|---:")
+    labels = [l.split("|")[2].strip() for l in table_lines[2:]]
+    assert labels == ["LoRA r=8", "C3A b=6"]  # the paper's order
+
+
+def test_latex_well_formed_and_escaped(tmp_path):
+    for seed in range(2):
+        add_run(tmp_path, seed=seed, label="Odd_name & 50% #1", method="odd", commit=f"c{seed}")
+    add_run(tmp_path, seed=0, task="mrpc", label="(IA)3", method="ia3", protocol="dev_half")
+    _, tables = build_tables(tmp_path, PAPER_CSV)
+    tex = render_latex(tables)
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 2
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 2
+    body = tex.replace(r"\{", "").replace(r"\}", "")
+    depth = 0
+    for ch in body:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        assert depth >= 0
+    assert depth == 0
+    assert r"Odd\_name \& 50\% \#1" in tex
+    assert "dev\\_half" in tex and "±" not in tex and "Δ" not in tex and "—" not in tex
+    assert tex.count("$") % 2 == 0
+    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
+    assert spec == "ll" + "r" * 9
+    for line in tex.splitlines():
+        if line.startswith(("Base", "Model")):
+            assert len(re.findall(r"(?<!\\)&", line)) == len(spec) - 1
+    assert tex_escape("a_b&c%d$e#f{g}h~i^j\\") == (r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i"
+                                                    r"\textasciicircum{}j\textbackslash{}")
+
+
+def test_write_files_csv_columns_and_plot(tmp_path):
+    results = tmp_path / "results"
+    for seed in range(2):
+        add_run(results, seed=seed)
+        add_run(results, task="mrpc", seed=seed, model="roberta-large", label="C3A b=8", params=393216)
+    add_run(results, seed=5, status="failed")
+    out = tmp_path / "tables"
+    md = write_table2(results, out, paper_csv=PAPER_CSV)
+    assert md == (out / "table2.md").read_text()
+    assert (out / "table2.tex").read_text().startswith(r"\begin{table*}")
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs.columns) == list(RUN_COLUMNS)
+    assert len(runs) == 5 and (runs["status"] == "failed").sum() == 1
+    assert sorted(runs.loc[runs["status"] == "completed", "score"].round(4).unique()) == [70.0]
+    png = (out / "figure1.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+    assert not list(out.glob(".*"))  # no temp files left behind
+
+
+def test_paper_csv_has_all_rows():
+    paper = load_paper(PAPER_CSV)
+    assert len(paper) == 16
+    for model, labels in {"Base": ("VeRA r=1024", "C3A b=6"), "Large": ("VeRA r=256", "C3A b=8")}.items():
+        for label in ("BitFit", "(IA)3", "LoRA r=8", "BOFT b=8 m=2", "C3A b=1", "Full", *labels):
+            row = paper[(model, label)]
+            assert row["avg"] == pytest.approx(statistics.fmean(row[f"{t}_mean"] for t in TASKS), abs=0.006)
+    assert paper[("Base", "C3A b=6")]["rte_std"] == pytest.approx(1.41)
+
+
+def test_empty_results_dir(tmp_path):
+    assert aggregate(collect_runs(tmp_path)) == []
+    assert write_table2(tmp_path, tmp_path / "out", paper_csv=PAPER_CSV) is None
+    assert not (tmp_path / "out").exists()
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_table.py"), "--results-dir",
+                           str(tmp_path), "--no-plot"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0
+    assert f"no completed runs found under {tmp_path / 'runs'}" in proc.stdout
+
+
+def test_cli_prints_markdown(tmp_path):
+    add_run(tmp_path, score=0.7718)
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_table.py"), "--results-dir",
+                           str(tmp_path), "--out-dir", str(tmp_path / "t"), "--no-plot"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "77.18 (paper 77.18, Δ +0.00)" in proc.stdout
+    assert (tmp_path / "t" / "table2.tex").exists() and not (tmp_path / "t" / "figure1.png").exists()
+
+
+def test_completed_run_without_table2_metric_is_excluded_and_listed(tmp_path):
+    add_run(tmp_path, seed=0, score=0.7)
+    bad = add_run(tmp_path, seed=1, score=0.9)
+    bad.test_at_best = {"f1": 0.9}  # not the accuracy Table 2 reports for RTE
+    write_result(result_path(tmp_path, bad.run_id), bad)
+    table = only_table(tmp_path)
+    assert find_row(table, "Base", "C3A b=6").cells["rte"].scores == [pytest.approx(70.0)]
+    assert table.unscored == [bad.run_id]
+    assert "lack the Table 2 metric" in render_markdown([table])
