@@ -1,0 +1,43 @@
+"""BitFit: train only the biases of the backbone (PEFT has no BitFit).
+
+Every parameter named ``bias`` outside the head trains: all linear biases and the LayerNorm biases
+in the encoder and embeddings. On RoBERTa-base that is 102,144 (Table 2); on a BERT layout the pooler
+is part of the head when the model config lists it in ``head_modules`` (MiniLM does).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import nn
+
+from baselines.common import check_head, finish_adapted, freeze_all
+from c3a.methods import Adapted, Method, head_parameters
+
+
+def backbone_biases(model: nn.Module, head_modules: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
+    head_ids = {id(p) for _, p in head_parameters(model, head_modules)}
+    return [(name, p) for name, p in model.named_parameters()
+            if name.rsplit(".", 1)[-1] == "bias" and id(p) not in head_ids]
+
+
+class BitFitMethod(Method):
+    name = "bitfit"
+
+    def __init__(self, name: str = "bitfit"):
+        self.name = name
+
+    def validate(self, model: nn.Module, head_modules: Sequence[str]) -> None:
+        check_head(model, head_modules)
+        if not backbone_biases(model, head_modules):
+            raise ValueError(f"bitfit: {type(model).__name__} has no bias parameters outside the head "
+                             f"{list(head_modules)} (e.g. LLaMA's linears and RMSNorms have none)")
+
+    def apply(self, model: nn.Module, head_modules: Sequence[str]) -> Adapted:
+        self.validate(model, head_modules)
+        freeze_all(model)
+        for _, param in backbone_biases(model, head_modules):
+            param.requires_grad_(True)
+        return finish_adapted(model, head_modules)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "label": "BitFit"}
