@@ -33,6 +33,7 @@ class RunResult:
     task: str
     seed: int
     config: dict[str, Any]
+    method_label: str = ""
     split: dict[str, Any] = field(default_factory=dict)
     selection_metric: str = ""
     epochs: list[dict[str, Any]] = field(default_factory=list)  # {epoch, train_loss, lr, val{}, test{}, time_s}

@@ -1,0 +1,43 @@
+# C3A-PEFT: `make help` lists the targets.
+PYTHON ?= python
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-all params bench memory memory-gpu table2 demo clean
+
+help: ## Show this help
+	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+
+install: ## Install the CPU torch wheel, then the package with all extras
+	$(PYTHON) -m pip install torch==2.13.0
+	$(PYTHON) -m pip install -e ".[dev,wandb,sweeps,plots]"
+
+test: ## Run the tests (without the slow ones), offline
+	$(PYTHON) -m pytest -m "not slow" -q
+
+test-all: ## Run every test, the slow end-to-end ones too
+	$(PYTHON) -m pytest -q
+
+params: ## Trainable-parameter counts vs the paper (Table 2 rows, LLaMA rows), offline
+	$(PYTHON) scripts/count_params.py
+
+bench: ## C3A operator speed and memory vs LoRA r=8 and PEFT's C3A (ratios side by side)
+	$(PYTHON) scripts/bench_c3a.py
+
+memory: ## Peak training memory per Table 2 method, CPU scaled-down version (ratios to LoRA)
+	$(PYTHON) scripts/measure_memory.py
+
+memory-gpu: ## Peak training memory per Table 2 method at the paper's protocol (CUDA)
+	$(PYTHON) scripts/measure_memory.py --device cuda
+
+table2: ## Build Table 2 (Markdown, LaTeX, CSV, Figure 1) from results/runs
+	$(PYTHON) scripts/make_table.py
+
+demo: ## Small real sweep offline (MiniLM, shipped GLUE-format data): C3A, LoRA, BitFit × 2 seeds, then the table
+	$(PYTHON) scripts/demo.py
+
+clean: ## Remove Hydra outputs, caches and checkpoints (keeps results/)
+	rm -rf outputs multirun cache checkpoints .pytest_cache

@@ -1,0 +1,120 @@
+"""One run from a composed config: validate → build → adapt → fit → write the result.
+
+Everything checkable is checked before any training compute (names, data paths, block sizes against
+the model's layer shapes on a weightless skeleton); such errors raise ``InputError`` and leave no
+result file. Errors during training leave a result marked ``failed``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from c3a import models, results
+from c3a.methods import Adapted, Method
+from c3a.tasks.base import Task
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """Bad input found before any compute: the message names the value, why, and the valid choices."""
+
+
+def _skeleton(model_cfg: DictConfig, head) -> torch.nn.Module:
+    """The model's modules without weights (meta device): enough to check a method against layer shapes."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    source = models.resolve_source(model_cfg.get("pretrained"))
+    if source is None:
+        arch = {k: v for k, v in OmegaConf.to_container(model_cfg.architecture).items() if v is not None}
+        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
+    else:
+        config = AutoConfig.from_pretrained(source)
+    config.num_labels = head.num_labels
+    with torch.device("meta"):
+        return AutoModelForSequenceClassification.from_config(config)
+
+
+def prepare(cfg: DictConfig) -> tuple[Method, Task, Any]:
+    """Instantiate and validate method, task and logger; raise ``InputError`` on anything wrong."""
+    try:
+        method: Method = instantiate(cfg.method, _convert_="all")
+        task: Task = instantiate(cfg.task, _convert_="all")
+        tracker = instantiate(cfg.logger)
+        task.validate()
+        models.check_source(cfg.model)
+        method.validate(_skeleton(cfg.model, task.head()), list(cfg.model.head_modules))
+    except (ValueError, FileNotFoundError, OSError, TypeError) as err:
+        raise InputError(str(err)) from err
+    return method, task, tracker
+
+
+def identity(cfg: DictConfig, method: Method) -> tuple[str, Path]:
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    rid = results.run_id(resolved, cfg.model.name, method.describe().get("name", "method"), cfg.task.name, cfg.seed)
+    return rid, results.result_path(cfg.paths.results_dir, rid)
+
+
+def run(cfg: DictConfig) -> results.RunResult:
+    """Run one config and return its result; a completed result that already exists is returned as is (skip)."""
+    method, task, tracker = prepare(cfg)
+    rid, path = identity(cfg, method)
+    if results.completed(path) and not cfg.force:
+        log.info("skip: a completed result exists at %s (force=true reruns)", path)
+        return results.load_result(path)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    description = method.describe()
+    result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
+                               method_label=description.get("label", description["name"]), task=cfg.task.name,
+                               seed=int(cfg.seed), config=resolved, selection_metric=task.selection_metric,
+                               provenance=results.provenance())
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
+    started = time.perf_counter()
+    tracker.start(run_name=rid.replace("/", "-"), config=resolved, group=f"{cfg.task.name}/{cfg.model.name}/{description['name']}")
+    try:
+        head = task.head()
+        tokenizer = models.build_tokenizer(cfg.model)
+        splits = task.splits(tokenizer)
+        result.split = task.describe()
+        torch.manual_seed(int(cfg.seed))  # head and adapter initialisation depend on the seed
+        model = models.build_model(cfg.model, head)
+        adapted: Adapted = method.apply(model, list(cfg.model.head_modules))
+        result.params = {"trainable_excl_head": adapted.num_adapter_params(), "head": adapted.num_head_params(),
+                         "trainable_total": adapted.num_adapter_params() + adapted.num_head_params(),
+                         "total": models.count_parameters(adapted.model)}
+        from c3a.train import fit
+
+        out = fit(adapted, task, splits, tokenizer, cfg.trainer, int(cfg.seed), checkpoint_dir, tracker)
+        best_state = out.pop("best_state")
+        result.provenance["device"] = out.pop("device")
+        for key, value in out.items():
+            setattr(result, key, value)
+        result.timing["wall_s"] = time.perf_counter() - started
+        result.status = "completed"
+        if cfg.trainer.save_best:
+            from safetensors.torch import save_file
+
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in best_state.items()}, str(checkpoint_dir / "best_trainable.safetensors"))
+        results.write_result(path, result)
+        (checkpoint_dir / "state.pt").unlink(missing_ok=True)
+        tracker.summary({"best_epoch": result.best_epoch, **{f"best_val/{k}": v for k, v in result.best_val.items()},
+                         **{f"test_at_best/{k}": v for k, v in result.test_at_best.items()},
+                         "params/trainable_excl_head": result.params["trainable_excl_head"],
+                         "memory/peak_bytes": result.memory.get("peak_bytes")})
+        tracker.finish()
+        log.info("result: %s", path)
+        return result
+    except BaseException as err:
+        result.status = "failed"
+        result.error = f"{type(err).__name__}: {err}"
+        result.timing["wall_s"] = time.perf_counter() - started
+        results.write_result(path, result)
+        tracker.finish(failed=True)
+        raise

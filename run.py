@@ -1,0 +1,46 @@
+"""Entry point: ``python run.py model=… method=… task=… [experiment=…] [seed=…]`` (``-m`` sweeps).
+
+Composition root only: Hydra composes ``conf/``; ``c3a.pipeline.run`` does the work.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+for _var in ("HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM"):
+    os.environ.setdefault(_var, "1" if _var.endswith("TELEMETRY") else "false")
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger("run")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="config")
+def main(cfg: DictConfig) -> float | None:
+    from c3a.pipeline import InputError, run
+
+    if cfg.print_config:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
+    sweeping = HydraConfig.get().mode == RunMode.MULTIRUN
+    try:
+        result = run(cfg)
+    except InputError as err:
+        log.error("bad input: %s", err)
+        if sweeping:  # one bad cell must not stop the sweep
+            return None
+        sys.exit(2)
+    except Exception:  # noqa: BLE001 - recorded as a failed result by the pipeline
+        log.exception("run failed (recorded as failed)")
+        if sweeping:
+            return None
+        sys.exit(1)
+    # the sweep objective (e.g. the Optuna LR search) is the validation score, never test
+    return result.best_val.get(result.selection_metric)
+
+
+if __name__ == "__main__":
+    main()

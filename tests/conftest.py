@@ -1,0 +1,49 @@
+"""Shared test setup: offline everywhere, Hydra composition in tmp_path, the tiny-model run overrides."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Without these the Hub and W&B clients wait 25-100 s before failing.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "conf"
+TEST_GLUE = ROOT / "tests" / "data" / "glue"
+GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B"}
+
+
+def compose_cfg(overrides: list[str], root: Path):
+    """Compose conf/ like run.py does, with Hydra's runtime fields set so every interpolation resolves."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("config", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(root / "outputs")
+            cfg.hydra.runtime.cwd = str(root)
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def tiny_overrides(task: str = "sst2", method: str = "c3a") -> list[str]:
+    """A seconds-long run: tiny random RoBERTa, the shipped few-row TSVs, one or two epochs."""
+    return [
+        "model=tiny-roberta", f"task={task}", f"method={method}", "logger=none",
+        f"task.data_dir={TEST_GLUE / GLUE_DIRS[task]}", "task.max_length=64",
+        "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.progress_bar=false",
+    ]
+
+
+@pytest.fixture
+def compose(tmp_path):
+    def _compose(overrides: list[str]):
+        return compose_cfg(overrides, tmp_path)
+    return _compose

@@ -1,0 +1,76 @@
+"""Every config group member composes, resolves and instantiates; struct mode catches typos."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from conftest import CONF
+
+GROUPS = ("model", "method", "task", "trainer", "logger", "paths", "debug")
+
+
+def _options(group: str) -> list[str]:
+    return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
+
+
+def _resolved(cfg) -> dict:
+    return OmegaConf.to_container({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
+def test_every_group_member_composes(compose, group, option):
+    overrides = [f"{group}={option}"]
+    if group == "model" and option.startswith("llama"):
+        overrides.append("method.b=null")
+        overrides.append("method.block_size=128")
+    cfg = compose(overrides)
+    resolved = _resolved(cfg)
+    assert resolved["model"]["name"] and resolved["task"]["name"]
+    instantiate(cfg.logger)
+    instantiate(cfg.task, _convert_="all")
+    instantiate(cfg.method, _convert_="all")
+
+
+@pytest.mark.parametrize("experiment", _options("experiment"))
+def test_every_experiment_composes(compose, experiment):
+    cfg = compose([f"experiment={experiment}"])
+    resolved = _resolved(cfg)
+    for key in ("epochs", "batch_size", "lr_adapter", "lr_head"):
+        assert isinstance(resolved["trainer"][key], (int, float)), key
+    instantiate(cfg.method, _convert_="all")
+
+
+def test_defaults_are_the_paper_c3a_base_setting(compose):
+    cfg = compose(["task=mrpc"])
+    assert cfg.model.name == "roberta-base" and cfg.method.name == "c3a" and cfg.method.b == 6
+    # PAPER.md §3, MRPC column: 80 epochs, batch 128, adapter LR 3e-1, head LR 4e-6
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (80, 128)
+    assert cfg.trainer.lr_adapter == pytest.approx(0.3) and cfg.trainer.lr_head == pytest.approx(4e-6)
+    assert cfg.trainer.warmup_ratio == pytest.approx(0.06) and cfg.trainer.scheduler == "linear"
+
+
+def test_table2_preset_picks_the_task_row(compose):
+    cfg = compose(["experiment=table2/large_c3a_b8", "task=qnli"])
+    assert cfg.model.name == "roberta-large" and cfg.method.b == 8
+    assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (30, 32)
+    assert cfg.trainer.lr_adapter == pytest.approx(7e-2) and cfg.trainer.lr_head == pytest.approx(8e-6)
+
+
+def test_baseline_method_brings_its_own_learning_rate(compose):
+    cfg = compose(["method=lora", "task=rte"])
+    assert cfg.trainer.lr_adapter < 1e-2, "LoRA must not inherit C3A's adapter LR"
+
+
+@pytest.mark.parametrize("override", ["trainer.epoch=3", "method.bb=6", "task.datadir=x"])
+def test_misspelt_key_is_an_error(compose, override):
+    with pytest.raises(ConfigCompositionException):
+        compose([override])
+
+
+def test_unknown_group_option_lists_choices(compose):
+    with pytest.raises(ConfigCompositionException, match="Available options"):
+        compose(["method=loraa"])
