@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -50,6 +51,8 @@ def prepare(cfg: DictConfig) -> tuple[Method, Task, Any]:
         task.validate()
         models.check_source(cfg.model)
         method.validate(_skeleton(cfg.model, task.head()), list(cfg.model.head_modules))
+    except InstantiationException as err:  # a config class that validates itself on construction
+        raise InputError(str(err.__cause__ or err)) from err
     except (ValueError, FileNotFoundError, OSError, TypeError) as err:
         raise InputError(str(err)) from err
     return method, task, tracker

@@ -18,7 +18,7 @@ def _options(group: str) -> list[str]:
 
 
 def _resolved(cfg) -> dict:
-    return OmegaConf.to_container({k: v for k, v in cfg.items() if k != "hydra"}, resolve=True)
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])

@@ -21,8 +21,10 @@ HEAD = ["classifier"]
 
 
 def build_method(name: str, **overrides):
-    cfg = OmegaConf.create({"model": OmegaConf.load(CONF / "model" / "roberta-base.yaml"),
-                            "method": OmegaConf.load(CONF / "method" / f"{name}.yaml")})
+    method_file = OmegaConf.load(CONF / "method" / f"{name}.yaml")
+    # baseline files are `@package _global_` (they also set their learning rates): take their method node
+    method_cfg = method_file.method if "method" in method_file else method_file
+    cfg = OmegaConf.create({"model": OmegaConf.load(CONF / "model" / "roberta-base.yaml"), "method": method_cfg})
     for key, value in overrides.items():
         cfg.method[key] = value
     return instantiate(cfg.method, _convert_="all")
