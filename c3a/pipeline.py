@@ -43,12 +43,16 @@ def _skeleton(model_cfg: DictConfig, head) -> torch.nn.Module:
 
 
 def prepare(cfg: DictConfig) -> tuple[Method, Task, Any]:
-    """Instantiate and validate method, task and logger; raise ``InputError`` on anything wrong."""
+    """Instantiate and validate method, task and logger; raise ``InputError`` on anything wrong.
+
+    Reading the data (not tokenising it) is part of this: a malformed file is bad input, not a failed run.
+    """
     try:
         method: Method = instantiate(cfg.method, _convert_="all")
         task: Task = instantiate(cfg.task, _convert_="all")
         tracker = instantiate(cfg.logger)
         task.validate()
+        task.check_data()
         models.check_source(cfg.model)
         method.validate(_skeleton(cfg.model, task.head()), list(cfg.model.head_modules))
     except InstantiationException as err:  # a config class that validates itself on construction
@@ -58,8 +62,13 @@ def prepare(cfg: DictConfig) -> tuple[Method, Task, Any]:
     return method, task, tracker
 
 
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as plain data, without Hydra's own node (present when composed with the API)."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
 def identity(cfg: DictConfig, method: Method) -> tuple[str, Path]:
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_config(cfg)
     rid = results.run_id(resolved, cfg.model.name, method.describe().get("name", "method"), cfg.task.name, cfg.seed)
     return rid, results.result_path(cfg.paths.results_dir, rid)
 
@@ -71,7 +80,7 @@ def run(cfg: DictConfig) -> results.RunResult:
     if results.completed(path) and not cfg.force:
         log.info("skip: a completed result exists at %s (force=true reruns)", path)
         return results.load_result(path)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = resolved_config(cfg)
     description = method.describe()
     result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
                                method_label=description.get("label", description["name"]), task=cfg.task.name,

@@ -19,7 +19,9 @@ from typing import Any
 SCHEMA_VERSION = 1
 
 #: config keys that do not change what a run computes, left out of the run's identity
-NON_IDENTITY_KEYS = ("seed", "paths", "logger", "force", "hydra", "print_config", "dry_run", "trainer.progress_bar")
+NON_IDENTITY_KEYS = ("seed", "paths", "logger", "force", "hydra", "print_config", "expected_seeds", "task.cache_dir",
+                     "trainer.progress_bar", "trainer.num_workers", "trainer.checkpoint_every_epoch",
+                     "trainer.save_best", "trainer.test_every_epoch")
 
 
 @dataclass

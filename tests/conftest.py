@@ -38,7 +38,7 @@ def tiny_overrides(task: str = "sst2", method: str = "c3a") -> list[str]:
     return [
         "model=tiny-roberta", f"task={task}", f"method={method}", "logger=none",
         f"task.data_dir={TEST_GLUE / GLUE_DIRS[task]}", "task.max_length=64",
-        "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.progress_bar=false",
+        "task.val_size=4", "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.progress_bar=false",
     ]
 
 

@@ -29,6 +29,9 @@ class Task(ABC):
     def validate(self) -> None:
         """Raise ``ValueError``/``FileNotFoundError`` before compute (missing data, bad options)."""
 
+    def check_data(self) -> None:
+        """Read (not tokenise) the data, so that malformed input is reported before any compute."""
+
     @abstractmethod
     def head(self) -> HeadSpec: ...
 

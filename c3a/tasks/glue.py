@@ -138,6 +138,7 @@ class GlueTask(Task):
         self.cache_dir = Path(cache_dir).expanduser()
         self._metric = None
         self._split_info: dict[str, Any] = {}
+        self._raw: Optional[dict[str, RawSplit]] = None
         self.validate()
         self.spec = GLUE_TASKS[name]
         self.selection_metric = self.spec.selection_metric
@@ -166,6 +167,11 @@ class GlueTask(Task):
         if self.data_dir is not None:
             resolve_task_folder(self.data_dir, GLUE_TASKS[self.name])
 
+    def check_data(self) -> None:
+        """Read and parse the files (or the Hub copy) now, so malformed data fails before any compute."""
+        if self._raw is None:
+            self._raw = self._read_raw() if self.data_dir is not None else load_hub_splits(self.spec, self.hub_dataset)
+
     def head(self) -> HeadSpec:
         problem = "regression" if self.spec.is_regression else "single_label_classification"
         return HeadSpec(num_labels=self.spec.num_labels, problem_type=problem)
@@ -179,7 +185,7 @@ class GlueTask(Task):
                       "train_sha256": _sha256_file(folder / "train.tsv"),
                       "dev_sha256": _sha256_file(folder / "dev.tsv")}
             return source, None
-        raw = load_hub_splits(self.spec, self.hub_dataset)
+        raw = self._raw if self._raw is not None else load_hub_splits(self.spec, self.hub_dataset)
         content = hashlib.sha256(
             json.dumps({k: [list(v.texts), v.labels] for k, v in raw.items()}).encode("utf-8")
         ).hexdigest()
@@ -222,7 +228,7 @@ class GlueTask(Task):
                 stores[part][field] = array
             self._split_info["cache_hit"] = True
             return stores
-        raw = raw if raw is not None else self._read_raw()
+        raw = raw if raw is not None else (self._raw if self._raw is not None else self._read_raw())
         stores = {part: self._tokenize(raw[part], tokenizer) for part in ("train", "dev")}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npz")
