@@ -223,8 +223,10 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], tokenizer, cfg:
             record["test"] = evaluate(accelerator, model, test_loader, task)
         history.append(record)
         value = val[task.selection_metric]
-        if value > best_value or best_epoch is None:
-            best_epoch, best_value = epoch + 1, value
+        # an undefined score (e.g. Pearson of constant predictions is NaN) never beats a defined one
+        comparable = value if math.isfinite(value) else -math.inf
+        if comparable > best_value or best_epoch is None:
+            best_epoch, best_value = epoch + 1, comparable
             best_state = {k: v.cpu() for k, v in adapted.trainable_state_dict().items()}
         accelerator.print(f"epoch {epoch + 1}/{epochs}: loss {record['train_loss']:.4f} "
                           f"val {task.selection_metric} {value:.4f}"
