@@ -245,8 +245,11 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], tokenizer, cfg:
 
     peak = memory.report()
     test_last = evaluate(accelerator, model, test_loader, task)
-    _load_trainable(adapted, best_state)
-    test_at_best = evaluate(accelerator, model, test_loader, task)
+    if best_epoch == len(history):  # the last epoch is the best: same weights, same score
+        test_at_best = test_last
+    else:
+        _load_trainable(adapted, best_state)
+        test_at_best = evaluate(accelerator, model, test_loader, task)
     best_record = history[best_epoch - 1]
     return {
         "epochs": history,
