@@ -1,0 +1,291 @@
+"""Speed and peak memory of our C3A operator vs PEFT's C3A and LoRA r=8, measured side by side in one process.
+
+Layer level: one adapted d x d layer (RoBERTa-base d=768 b=6, RoBERTa-large d=1024 b=8; block 128) at 8k and 32k
+tokens, forward + backward, input requiring grad (a mid-network layer), frozen weight:
+  frozen    the nn.Linear alone (the floor every method pays)
+  lora      peft.get_peft_model(LoraConfig(r=8)) on a one-Linear module
+  peft_c3a  peft.get_peft_model(C3AConfig(block_size=128))
+  ours      c3a.circulant.c3a_linear with a float32 kernel (scale 1/d_in, as PEFT)
+Model level: one training step (forward, backward, AdamW) of RobertaForSequenceClassification(RobertaConfig())
+(random weights) at batch 16 x 256 tokens, adapters on query/value: LoRA r=8 (peft) vs ours (b=6).
+
+Timing: warm-up, then the median of several repeats (3 per layer shape, 2 model steps; PEFT's C3A, far slower,
+once); methods are interleaved round by round so machine noise hits all of them alike.
+Peak memory on CPU: peak resident set size (VmHWM after resetting it through /proc/self/clear_refs) minus the
+resident size just before the step. malloc is told (mallopt) to return every allocation of 64 KiB or more to the
+OS when freed, so RSS follows the live tensors. It includes everything the step allocates (outputs, saved
+activations, gradients, transients). On CUDA: torch.cuda.max_memory_allocated above the start of the step.
+
+Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better).
+Run: python scripts/bench_c3a.py [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from c3a.circulant import c3a_linear  # noqa: E402
+
+MMAP_THRESHOLD_BYTES = 64 << 10
+LAYER_SHAPES = [("roberta-base", 768, 128), ("roberta-large", 1024, 128)]
+LAYER_METHODS = ["frozen", "lora", "peft_c3a", "ours"]
+
+
+class PeakMemory:
+    """Peak memory of a code region, in bytes above what was in use when it started (see module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        if device.type == "cpu":
+            libc = ctypes.CDLL("libc.so.6")
+            m_mmap_threshold = -3
+            if libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) != 1:
+                raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: CPU peak memory would be wrong")
+
+    @staticmethod
+    def _status_kib(field: str) -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        raise RuntimeError(f"{field} not in /proc/self/status")
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.baseline = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as clear_refs:
+                clear_refs.write("5")  # resets VmHWM to the current RSS
+            self.baseline = self._status_kib("VmRSS") * 1024
+
+    def stop(self) -> int:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return torch.cuda.max_memory_allocated() - self.baseline
+        return self._status_kib("VmHWM") * 1024 - self.baseline
+
+
+class Holder(nn.Module):
+    """A tiny module with one Linear, so peft can wrap it like a layer of a real model."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.proj = linear
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+class OursLinear(nn.Module):
+    """Frozen nn.Linear plus a float32 block-circulant kernel, calling c3a_linear (scale 1/d_in as PEFT)."""
+
+    def __init__(self, linear: nn.Linear, block_size: int):
+        super().__init__()
+        self.base = linear
+        self.base.requires_grad_(False)
+        d_out, d_in = linear.weight.shape
+        bound = (6.0 / (d_in + d_out)) ** 0.5  # xavier-uniform over the full layer, like PEFT's default
+        kernel = torch.empty(d_out // block_size, d_in // block_size, block_size, device=linear.weight.device)
+        self.kernel = nn.Parameter(kernel.uniform_(-bound, bound))
+        self.scale = 1.0 / d_in
+
+    def forward(self, x):
+        return c3a_linear(x, self.base.weight, self.base.bias, self.kernel, self.scale)
+
+
+def build_layer(method: str, d: int, block_size: int, device) -> nn.Module:
+    import peft
+
+    torch.manual_seed(0)
+    linear = nn.Linear(d, d, device=device)
+    linear.requires_grad_(False)
+    if method == "frozen":
+        return Holder(linear)
+    if method == "ours":
+        return Holder(OursLinear(linear, block_size))
+    if method == "lora":
+        config = peft.LoraConfig(r=8, target_modules=["proj"])
+    elif method == "peft_c3a":
+        config = peft.C3AConfig(block_size=block_size, target_modules=["proj"], init_weights="xavier_uniform")
+    else:
+        raise ValueError(method)
+    return peft.get_peft_model(Holder(linear), config)
+
+
+def fmt_ms(seconds: float) -> str:
+    return f"{seconds * 1e3:9.1f}"
+
+
+def fmt_mib(num_bytes: float) -> str:
+    return f"{num_bytes / 2 ** 20:9.1f}"
+
+
+def run_interleaved(steps: dict, memory: PeakMemory, warmup: int, repeats: int, sync, once=()) -> dict:
+    """Warm up, then time every step once per round (median over rounds); peak memory on every round too.
+
+    Steps named in `once` (PEFT's C3A: 5-20x slower than the rest, so noise matters less) run only in the
+    first timed round, without warm-up, to keep the whole benchmark within a few minutes.
+    """
+    for _ in range(warmup):
+        for name, step in steps.items():
+            if name not in once:
+                step()
+    times = {name: [] for name in steps}
+    peaks = {name: [] for name in steps}
+    for round_index in range(repeats):
+        for name, step in steps.items():
+            if name in once and round_index > 0:
+                continue
+            memory.start()
+            sync()
+            begin = time.perf_counter()
+            step()
+            sync()
+            times[name].append(time.perf_counter() - begin)
+            peaks[name].append(memory.stop())
+    return {name: (statistics.median(times[name]), statistics.median(peaks[name]), times[name]) for name in steps}
+
+
+def bench_layers(token_shapes, device, memory, warmup, repeats, sync) -> dict:
+    results = {}
+    for model_name, d, block_size in LAYER_SHAPES:
+        for batch, seq in token_shapes:
+            gen = torch.Generator(device=device).manual_seed(1)
+            x = torch.randn(batch, seq, d, device=device, generator=gen).requires_grad_()
+            grad_out = torch.randn(batch, seq, d, device=device, generator=gen)
+            steps = {}
+            for method in LAYER_METHODS:
+                module = build_layer(method, d, block_size, device)
+
+                def step(module=module):
+                    module(x).backward(grad_out)
+                    x.grad = None
+                    for param in module.parameters():
+                        param.grad = None
+
+                steps[method] = step
+            key = (model_name, batch * seq)
+            results[key] = run_interleaved(steps, memory, warmup, repeats, sync, once=("peft_c3a",))
+            row = results[key]
+            print(f"\n{model_name} d={d} block={block_size} tokens={batch}x{seq}={batch * seq}")
+            print(f"  {'method':<10}{'fwd+bwd ms':>12}{'overhead ms':>13}{'peak MiB':>11}   all ms")
+            for method in LAYER_METHODS:
+                t, peak, all_t = row[method]
+                over = t - row["frozen"][0]
+                print(f"  {method:<10}{fmt_ms(t):>12}{fmt_ms(over):>13}{fmt_mib(peak):>11}   "
+                      + " ".join(f"{s * 1e3:.0f}" for s in all_t), flush=True)
+    return results
+
+
+def build_roberta(method: str, num_layers: int, device):
+    import peft
+    from transformers import RobertaConfig, RobertaForSequenceClassification
+
+    torch.manual_seed(0)
+    model = RobertaForSequenceClassification(RobertaConfig(num_hidden_layers=num_layers)).to(device)
+    if method == "lora":
+        config = peft.LoraConfig(r=8, target_modules=["query", "value"], task_type="SEQ_CLS")
+        return peft.get_peft_model(model, config)
+    model.requires_grad_(False)
+    for layer in model.roberta.encoder.layer:
+        attention = layer.attention.self
+        attention.query = OursLinear(attention.query, block_size=128)
+        attention.value = OursLinear(attention.value, block_size=128)
+    model.classifier.requires_grad_(True)
+    return model
+
+
+def bench_model(batch, seq, num_layers, device, memory, warmup, repeats, sync) -> dict:
+    gen = torch.Generator(device=device).manual_seed(2)
+    input_ids = torch.randint(0, 50265, (batch, seq), device=device, generator=gen)
+    labels = torch.randint(0, 2, (batch,), device=device, generator=gen)
+    steps = {}
+    for method in ("lora", "ours"):
+        model = build_roberta(method, num_layers, device)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+
+        def step(model=model, optimizer=optimizer):
+            model(input_ids=input_ids, labels=labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[method] = step
+        print(f"  {method}: {sum(p.numel() for p in trainable)} trainable parameters", flush=True)
+    results = run_interleaved(steps, memory, warmup, repeats, sync)
+    print(f"\nRoBERTa-base-shaped training step ({num_layers} layers), batch {batch}x{seq}, adapters on query/value")
+    print(f"  {'method':<10}{'step ms':>12}{'peak MiB':>11}   all ms")
+    for method, (t, peak, all_t) in results.items():
+        print(f"  {method:<10}{fmt_ms(t):>12}{fmt_mib(peak):>11}   " + " ".join(f"{s * 1e3:.0f}" for s in all_t))
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small token counts and model (a smoke run)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--model-layers", type=int, default=12, help="encoder layers of the model-level step")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                        help="torch threads (default: the CPUs this process may use)")
+    args = parser.parse_args(argv)
+
+    device = torch.device(args.device)
+    threads = args.threads
+    torch.set_num_threads(threads)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    memory = PeakMemory(device)
+    if args.quick:
+        token_shapes, layer_warmup, layer_repeats = [(2, 256)], 1, 3
+        model_shape, model_layers, model_warmup, model_repeats = (2, 64), 2, 1, 2
+    else:
+        token_shapes, layer_warmup, layer_repeats = [(32, 256), (128, 256)], 1, 3
+        model_shape, model_layers, model_warmup, model_repeats = (16, 256), args.model_layers, 1, 2
+    import peft
+    import transformers
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
+    print(f"device={device} threads={threads} cpu={cpu} torch={torch.__version__} peft={peft.__version__} "
+          f"transformers={transformers.__version__}")
+    print("peak memory: " + ("torch.cuda.max_memory_allocated above the start" if device.type == "cuda" else
+                             "peak RSS (VmHWM) above the RSS at the start of the step"))
+    begin = time.perf_counter()
+    layers = bench_layers(token_shapes, device, memory, layer_warmup, layer_repeats, sync)
+    model = bench_model(*model_shape, model_layers, device, memory, model_warmup, model_repeats, sync)
+    print(f"\ntotal benchmark time {time.perf_counter() - begin:.0f} s")
+
+    ratios = {}
+    for (model_name, tokens), row in layers.items():
+        t = {m: row[m][0] for m in LAYER_METHODS}
+        peak = {m: row[m][1] for m in LAYER_METHODS}
+        tag = f"{model_name}_{tokens}"
+        ratios[f"{tag}_c3a_vs_peft_c3a_time"] = t["ours"] / t["peft_c3a"]
+        ratios[f"{tag}_c3a_vs_lora_overhead_time"] = (t["ours"] - t["frozen"]) / (t["lora"] - t["frozen"])
+        ratios[f"{tag}_c3a_vs_lora_peak_memory"] = peak["ours"] / peak["lora"]
+        ratios[f"{tag}_c3a_vs_peft_c3a_peak_memory"] = peak["ours"] / peak["peft_c3a"]
+    keys = list(layers)
+    # headline ratios: geometric mean over the layer shapes (a ratio of medians per shape)
+    for name in ("c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory"):
+        values = [ratios[f"{m}_{n}_{name}"] for m, n in keys]
+        ratios[name] = statistics.geometric_mean(values) if all(v > 0 for v in values) else statistics.mean(values)
+    ratios["c3a_vs_lora_step_time"] = model["ours"][0] / model["lora"][0]
+    ratios["c3a_vs_lora_step_peak_memory"] = model["ours"][1] / model["lora"][1]
+    print()
+    for name, value in ratios.items():
+        print(f"RATIO {name} {value:.4f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,235 @@
+"""Exactness of the block-circulant operator against the dense matrix, autograd, and PEFT's implementation."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from c3a.circulant import (
+    MERGE_MIN_TOKENS,
+    block_circulant_matmul,
+    block_circulant_matrix,
+    c3a_linear,
+    choose_path,
+    kernel_grad,
+)
+
+f64 = torch.float64
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Many tiny ops: one thread avoids thread wake-up costs on a shared machine (results do not depend on it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+# (d_in, d_out, block_size): square/non-square, one block (p = whole dim), b_in != b_out, the paper's 768->3072.
+SHAPES = [(16, 16, 16), (16, 16, 4), (12, 20, 4), (24, 8, 8), (768, 3072, 128), (768, 768, 768)]
+
+
+def _kernel(d_in, d_out, p, dtype=f64, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(d_out // p, d_in // p, p, generator=gen, dtype=dtype)
+
+
+def _x(shape, dtype=f64, seed=1):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def test_matrix_row_convention():
+    """C[r, c] = w[(c - r) mod p] inside every block; block (i, j) holds kernel[i, j]."""
+    kernel = _kernel(8, 12, 4)
+    dense = block_circulant_matrix(kernel)
+    assert dense.shape == (12, 8)
+    for i in range(3):
+        for j in range(2):
+            for r in range(4):
+                for c in range(4):
+                    assert dense[4 * i + r, 4 * j + c] == kernel[i, j, (c - r) % 4]
+
+
+def test_matrix_matches_peft():
+    from peft.tuners.c3a.utils import get_circulant_fast
+
+    kernel = _kernel(24, 16, 8)
+    torch.testing.assert_close(block_circulant_matrix(kernel), get_circulant_fast(kernel), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("d_in,d_out,p", SHAPES)
+def test_matmul_equals_dense_float64(d_in, d_out, p):
+    kernel = _kernel(d_in, d_out, p)
+    x = _x((2, 5, d_in))
+    expected = x @ block_circulant_matrix(kernel).T
+    out = block_circulant_matmul(x, kernel)
+    assert out.shape == (2, 5, d_out) and out.dtype == f64
+    assert (out - expected).abs().max() <= 1e-10 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("path", ["merged", "fft"])
+@pytest.mark.parametrize("d_in,d_out,p", SHAPES)
+def test_c3a_linear_equals_dense_float64(d_in, d_out, p, path):
+    kernel = _kernel(d_in, d_out, p)
+    weight = _x((d_out, d_in), seed=2)
+    bias = _x((d_out,), seed=3)
+    x = _x((3, 4, d_in))
+    scale = 1.0 / d_in
+    expected = F.linear(x, weight, bias) + scale * (x @ block_circulant_matrix(kernel).T)
+    out = c3a_linear(x, weight, bias, kernel, scale, path=path)
+    assert out.shape == expected.shape and out.dtype == f64
+    assert (out - expected).abs().max() <= 1e-10 * max(1.0, expected.abs().max().item())
+
+
+@pytest.mark.parametrize("path", ["merged", "fft"])
+def test_many_tokens_several_chunks(path):
+    """Chunked processing (several chunks, a partial last one) is exact in value and both gradients."""
+    d_in, d_out, p = 64, 96, 16
+    kernel = _kernel(d_in, d_out, p).requires_grad_()
+    weight = _x((d_out, d_in), seed=2)
+    x = _x((5, 1000, d_in)).requires_grad_()
+    grad_out = _x((5, 1000, d_out), seed=7)
+    out = c3a_linear(x, weight, None, kernel, 0.25, path=path)
+    out.backward(grad_out)
+    dense_kernel = kernel.detach().clone().requires_grad_()
+    dense_x = x.detach().clone().requires_grad_()
+    expected = F.linear(dense_x, weight) + 0.25 * dense_x @ block_circulant_matrix(dense_kernel).T
+    expected.backward(grad_out)
+    torch.testing.assert_close(out, expected, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(x.grad, dense_x.grad, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(kernel.grad, dense_kernel.grad, rtol=1e-10, atol=1e-9)
+
+
+def test_kernel_grad_equals_dense_gradient():
+    """The FFT kernel gradient equals autograd through the dense matrix, with chunking over many tokens."""
+    d_in, d_out, p = 64, 96, 16
+    kernel = _kernel(d_in, d_out, p).requires_grad_()
+    x = _x((5000, d_in))  # several CPU chunks
+    grad_out = _x((5000, d_out), seed=7)
+    (x @ block_circulant_matrix(kernel).T).backward(grad_out)
+    got = kernel_grad(x, grad_out, d_out // p, d_in // p, p)
+    torch.testing.assert_close(got, kernel.grad, rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("d_in,d_out,p", [(8, 8, 8), (8, 12, 4), (12, 6, 3)])
+def test_gradcheck_matmul(d_in, d_out, p):
+    kernel = _kernel(d_in, d_out, p).requires_grad_()
+    x = _x((2, 3, d_in)).requires_grad_()
+    assert torch.autograd.gradcheck(block_circulant_matmul, (x, kernel))
+
+
+@pytest.mark.parametrize("path", ["merged", "fft"])
+@pytest.mark.parametrize("d_in,d_out,p", [(8, 8, 8), (8, 12, 4), (12, 6, 3)])
+def test_gradcheck_c3a_linear(d_in, d_out, p, path):
+    kernel = _kernel(d_in, d_out, p).requires_grad_()
+    weight = _x((d_out, d_in), seed=2).requires_grad_()
+    bias = _x((d_out,), seed=3).requires_grad_()
+    x = _x((2, 3, d_in)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda *a: c3a_linear(*a, 0.7, path=path), (x, weight, bias, kernel))
+
+
+@pytest.mark.parametrize("path", ["merged", "fft"])
+def test_frozen_base_and_kernel_only(path):
+    """Frozen weight, x without grad: only the kernel gets a gradient, equal to the dense one."""
+    d, p = 32, 8
+    kernel = _kernel(d, d, p).requires_grad_()
+    weight, x, grad_out = _x((d, d), seed=2), _x((100, d)), _x((100, d), seed=4)
+    c3a_linear(x, weight, None, kernel, 0.5, path=path).backward(grad_out)
+    dense_kernel = kernel.detach().clone().requires_grad_()
+    (0.5 * x @ block_circulant_matrix(dense_kernel).T).backward(grad_out)
+    torch.testing.assert_close(kernel.grad, dense_kernel.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("d_in,d_out,p", [(64, 64, 16), (32, 96, 32), (768, 768, 128)])
+def test_matches_peft_block_circular_convolution(d_in, d_out, p):
+    """Same forward and kernel gradient as PEFT's BlockCircularConvolution (float32; PEFT's layer divides by d_in).
+
+    The x gradient is checked against autograd through the dense matrix instead: PEFT's is wrong (see below).
+    """
+    from peft.tuners.c3a.utils import BlockCircularConvolution
+
+    kernel32 = _kernel(d_in, d_out, p, dtype=torch.float32)
+    x32 = _x((4, 50, d_in), dtype=torch.float32)
+    grad_out = _x((4, 50, d_out), dtype=torch.float32, seed=5)
+    results = {}
+    for name in ("peft", "dense", "ours", "merged", "fft"):
+        x = x32.clone().requires_grad_()
+        kernel = kernel32.clone().requires_grad_()
+        if name == "peft":
+            out = BlockCircularConvolution.apply(x, kernel) / d_in
+        elif name == "dense":
+            out = x @ block_circulant_matrix(kernel).T / d_in
+        elif name == "ours":
+            out = block_circulant_matmul(x, kernel) / d_in
+        else:
+            out = c3a_linear(x, torch.zeros(d_out, d_in), None, kernel, 1.0 / d_in, path=name)
+        out.backward(grad_out)
+        results[name] = {"out": out.detach(), "x_grad": x.grad, "kernel_grad": kernel.grad}
+    for name in ("ours", "merged", "fft"):
+        for key, reference in (("out", "peft"), ("kernel_grad", "peft"), ("x_grad", "dense")):
+            want = results[reference][key]
+            torch.testing.assert_close(results[name][key], want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_peft_x_gradient_differs_from_dense():
+    """PEFT 0.21's BlockCircularConvolution.backward returns Σ_k g[k] w[t+k] for dL/dx instead of the correct
+    Σ_k g[k] w[t-k] (its forward and kernel gradient are right). If this starts failing, PEFT fixed it."""
+    from peft.tuners.c3a.utils import BlockCircularConvolution
+
+    kernel = _kernel(16, 16, 8).requires_grad_()
+    x = _x((3, 16)).requires_grad_()
+    assert not torch.autograd.gradcheck(BlockCircularConvolution.apply, (x, kernel), raise_exception=False)
+    assert torch.autograd.gradcheck(block_circulant_matmul, (x, kernel))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_inputs(dtype):
+    """bf16/fp16 model: output in the model dtype near the float32 result; kernel gradient stays float32."""
+    d_in, d_out, p = 128, 256, 32
+    kernel32 = _kernel(d_in, d_out, p, dtype=torch.float32) * 0.1
+    weight32 = _x((d_out, d_in), dtype=torch.float32, seed=2) / d_in ** 0.5
+    bias32 = _x((d_out,), dtype=torch.float32, seed=3)
+    x32 = _x((2, 40, d_in), dtype=torch.float32)
+    grad_out = _x((2, 40, d_out), dtype=torch.float32, seed=4)
+
+    ref_kernel = kernel32.clone().requires_grad_()
+    ref_x = x32.clone().requires_grad_()
+    ref = c3a_linear(ref_x, weight32, bias32, ref_kernel, 1.0)
+    ref.backward(grad_out)
+
+    kernel = kernel32.clone().requires_grad_()
+    x = x32.to(dtype).requires_grad_()
+    assert choose_path(x, weight32.to(dtype), kernel) == "fft"
+    out = c3a_linear(x, weight32.to(dtype), bias32.to(dtype), kernel, 1.0)
+    out.backward(grad_out.to(dtype))
+    assert out.dtype == dtype and x.grad.dtype == dtype
+    assert kernel.grad.dtype == torch.float32
+    tol = 0.03 if dtype == torch.bfloat16 else 0.005
+    for got, want in [(out, ref), (x.grad, ref_x.grad), (kernel.grad, ref_kernel.grad)]:
+        err = (got.float() - want).norm() / want.norm()
+        assert err < tol, err
+    # the adapter is not rounded away: removing it changes the output by about its size
+    base_only = F.linear(x.detach(), weight32.to(dtype), bias32.to(dtype))
+    delta_ref = ref.detach() - F.linear(x32, weight32, bias32)
+    torch.testing.assert_close((out.detach() - base_only).float(), delta_ref, rtol=0.05, atol=0.05)
+
+
+def test_choose_path():
+    kernel = _kernel(32, 32, 8, dtype=torch.float32)
+    weight = torch.zeros(32, 32)
+    many, few = torch.zeros(2, MERGE_MIN_TOKENS // 2, 32), torch.zeros(MERGE_MIN_TOKENS - 1, 32)
+    wide = _kernel(1024, 1024, 8, dtype=torch.float32)
+    assert choose_path(torch.zeros(1000, 1024), torch.zeros(1024, 1024), wide) == "fft"  # W_eff costs more
+    assert choose_path(torch.zeros(1024, 1024), torch.zeros(1024, 1024), wide) == "merged"
+    assert choose_path(many, weight, kernel) == "merged"
+    assert choose_path(few, weight, kernel) == "fft"
+    assert choose_path(many.bfloat16(), weight.bfloat16(), kernel) == "fft"
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert choose_path(many, weight, kernel) == "fft"
+
+
+def test_bad_inputs_raise():
+    kernel = _kernel(16, 16, 4)
+    with pytest.raises(ValueError, match="features"):
+        block_circulant_matmul(_x((3, 12)), kernel)
+    with pytest.raises(ValueError, match="path"):
+        c3a_linear(_x((3, 16)), _x((16, 16)), None, kernel, 1.0, path="dense")
+    with pytest.raises(ValueError, match="merged path needs one dtype"):
+        c3a_linear(_x((3, 16)).float(), _x((16, 16)).float(), None, kernel, 1.0, path="merged")
