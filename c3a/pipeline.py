@@ -121,6 +121,12 @@ def run(cfg: DictConfig) -> results.RunResult:
                          "params/trainable_excl_head": result.params["trainable_excl_head"],
                          "memory/peak_bytes": result.memory.get("peak_bytes")})
         tracker.finish()
+        metric = task.selection_metric
+        log.info("summary %s: best epoch %d/%d | val %s %.4f | test %.4f (last epoch %.4f) | "
+                 "%s trainable params excl. head | peak memory %.2f GiB (%s) | %.0f s",
+                 rid, result.best_epoch, len(result.epochs), metric, result.best_val[metric],
+                 result.test_at_best[metric], result.test_last[metric], f"{result.params['trainable_excl_head']:,}",
+                 result.memory["peak_bytes"] / 2**30, result.memory["kind"], result.timing["wall_s"])
         log.info("result: %s", path)
         return result
     except BaseException as err:

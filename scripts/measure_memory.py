@@ -29,6 +29,8 @@ ROWS = {
                      ("c3a", ["method.b=1"]), ("c3a", ["method.b=6"]), ("full", [])],
     "roberta-large": [("bitfit", []), ("ia3", []), ("lora", []), ("vera", ["method.r=256"]), ("boft", []),
                       ("c3a", ["method.b=1"]), ("c3a", ["method.b=8"]), ("full", [])],
+    # seconds-long check of the script itself (tests)
+    "tiny-roberta": [("lora", []), ("c3a", ["method.b=6"]), ("bitfit", [])],
 }
 PROTOCOL = {"cuda": {"batch_size": 64, "seq_len": 256, "steps": 3}, "cpu": {"batch_size": 4, "seq_len": 128, "steps": 2}}
 
@@ -85,7 +87,7 @@ def measure_one(model_name: str, method_name: str, overrides: list[str], device:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--models", nargs="+", default=list(ROWS), choices=list(ROWS))
+    parser.add_argument("--models", nargs="+", default=["roberta-base", "roberta-large"], choices=list(ROWS))
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--steps", type=int)
