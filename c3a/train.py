@@ -11,6 +11,7 @@ import math
 import os
 import random
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -185,7 +186,8 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], tokenizer, cfg:
         model.train()
         epoch_start, losses, seen = time.perf_counter(), [], 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
-                   disable=not (cfg["progress_bar"] and accelerator.is_local_main_process))
+                   disable=not (cfg["progress_bar"] and accelerator.is_local_main_process),
+                   mininterval=0.5 if sys.stderr.isatty() else 30.0)  # log files get a line every 30 s
         updates = 0
         for batch in train_loader:
             if updates >= steps_per_epoch:
