@@ -60,7 +60,7 @@ def model_row(model: str) -> str:
 
 def protocol_key(split: dict) -> str:
     """The split protocol a run was made under; a leaky split counts as a protocol of its own."""
-    protocol = str(split.get("protocol") or "unrecorded")
+    protocol = str(split.get("protocol") or split.get("split") or "unrecorded")  # GlueTask records "split"
     return f"{protocol} (leaky)" if split.get("leaky") else protocol
 
 

@@ -312,3 +312,12 @@ def test_completed_run_without_table2_metric_is_excluded_and_listed(tmp_path):
     assert find_row(table, "Base", "C3A b=6").cells["rte"].scores == [pytest.approx(70.0)]
     assert table.unscored == [bad.run_id]
     assert "lack the Table 2 metric" in render_markdown([table])
+
+
+def test_protocol_is_read_from_the_task_description():
+    """GlueTask.describe() records the protocol under "split"; a leaky one is its own protocol."""
+    from c3a.tables import protocol_key
+
+    assert protocol_key({"split": "holdout"}) == "holdout"
+    assert protocol_key({"split": "dev", "leaky": True}) == "dev (leaky)"
+    assert protocol_key({}) == "unrecorded"
