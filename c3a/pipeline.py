@@ -7,6 +7,7 @@ result file. Errors during training leave a result marked ``failed``.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,11 @@ from c3a.methods import Adapted, Method
 from c3a.tasks.base import Task
 
 log = logging.getLogger(__name__)
+
+
+def _is_main_process() -> bool:
+    """Under `accelerate launch` every rank runs this; only rank 0 writes results and talks to W&B."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 class InputError(ValueError):
@@ -88,6 +94,10 @@ def run(cfg: DictConfig) -> results.RunResult:
                                provenance=results.provenance())
     checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
     started = time.perf_counter()
+    if not _is_main_process():
+        from c3a.tracking import NullLogger
+
+        tracker = NullLogger()
     tracker.start(run_name=rid.replace("/", "-"), config=resolved, group=f"{cfg.task.name}/{cfg.model.name}/{description['name']}")
     try:
         head = task.head()
@@ -109,13 +119,14 @@ def run(cfg: DictConfig) -> results.RunResult:
             setattr(result, key, value)
         result.timing["wall_s"] = time.perf_counter() - started
         result.status = "completed"
-        if cfg.trainer.save_best:
+        if cfg.trainer.save_best and _is_main_process():
             from safetensors.torch import save_file
 
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             save_file({k: v.contiguous() for k, v in best_state.items()}, str(checkpoint_dir / "best_trainable.safetensors"))
-        results.write_result(path, result)
-        (checkpoint_dir / "state.pt").unlink(missing_ok=True)
+        if _is_main_process():
+            results.write_result(path, result)
+            (checkpoint_dir / "state.pt").unlink(missing_ok=True)
         tracker.summary({"best_epoch": result.best_epoch, **{f"best_val/{k}": v for k, v in result.best_val.items()},
                          **{f"test_at_best/{k}": v for k, v in result.test_at_best.items()},
                          "params/trainable_excl_head": result.params["trainable_excl_head"],
@@ -133,6 +144,7 @@ def run(cfg: DictConfig) -> results.RunResult:
         result.status = "failed"
         result.error = f"{type(err).__name__}: {err}"
         result.timing["wall_s"] = time.perf_counter() - started
-        results.write_result(path, result)
+        if _is_main_process():
+            results.write_result(path, result)
         tracker.finish(failed=True)
         raise
