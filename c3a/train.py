@@ -182,7 +182,10 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], tokenizer, cfg:
     train_samples, train_time = sum(h.get("train_samples", 0) for h in history), sum(h.get("train_time_s", 0.0) for h in history)
     for epoch in range(start_epoch, epochs):
         # Accelerate's loader passes its own epoch counter to the sampler: set it, or a resumed run reshuffles
-        train_loader.set_epoch(epoch) if hasattr(train_loader, "set_epoch") else sampler.set_epoch(epoch)
+        if hasattr(train_loader, "set_epoch"):
+            train_loader.set_epoch(epoch)
+        else:
+            sampler.set_epoch(epoch)
         model.train()
         epoch_start, losses, seen = time.perf_counter(), [], 0
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{epochs}", leave=False,
