@@ -71,17 +71,25 @@ def _head_kwargs(head: HeadSpec) -> dict[str, Any]:
     return {"num_labels": head.num_labels, "problem_type": head.problem_type}
 
 
+def model_config(model_cfg: Mapping[str, Any], head: HeadSpec):
+    """The transformers config of the entry with the task's head: from `architecture`, or the source's."""
+    from transformers import AutoConfig
+
+    source = resolve_source(model_cfg.get("pretrained"))
+    if source is None:
+        arch = {k: v for k, v in dict(model_cfg["architecture"]).items() if v is not None}
+        return AutoConfig.for_model(arch.pop("model_type"), **arch, **_head_kwargs(head))
+    return AutoConfig.from_pretrained(source, **_head_kwargs(head))
+
+
 def build_model(model_cfg: Mapping[str, Any], head: HeadSpec) -> nn.Module:
     """A sequence classifier from the entry: pretrained weights, or the architecture at random init."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
     source = resolve_source(model_cfg.get("pretrained"))
     if source is None:
-        arch = {k: v for k, v in dict(model_cfg["architecture"]).items() if v is not None}
-        config = AutoConfig.for_model(arch.pop("model_type"), **arch, **_head_kwargs(head))
-        model = AutoModelForSequenceClassification.from_config(config)
-        return model.to(dtype)
+        return AutoModelForSequenceClassification.from_config(model_config(model_cfg, head)).to(dtype)
     try:
         return AutoModelForSequenceClassification.from_pretrained(source, dtype=dtype, **_head_kwargs(head))
     except OSError as err:

@@ -35,17 +35,10 @@ class InputError(ValueError):
 
 def _skeleton(model_cfg: DictConfig, head) -> torch.nn.Module:
     """The model's modules without weights (meta device): enough to check a method against layer shapes."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoModelForSequenceClassification
 
-    source = models.resolve_source(model_cfg.get("pretrained"))
-    if source is None:
-        arch = {k: v for k, v in OmegaConf.to_container(model_cfg.architecture).items() if v is not None}
-        config = AutoConfig.for_model(arch.pop("model_type"), **arch)
-    else:
-        config = AutoConfig.from_pretrained(source)
-    config.num_labels = head.num_labels
     with torch.device("meta"):
-        return AutoModelForSequenceClassification.from_config(config)
+        return AutoModelForSequenceClassification.from_config(models.model_config(model_cfg, head))
 
 
 def prepare(cfg: DictConfig) -> tuple[Method, Task, Any]:
@@ -73,21 +66,21 @@ def resolved_config(cfg: DictConfig) -> dict:
     return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
-def identity(cfg: DictConfig, method: Method) -> tuple[str, Path]:
-    resolved = resolved_config(cfg)
-    rid = results.run_id(resolved, cfg.model.name, method.describe().get("name", "method"), cfg.task.name, cfg.seed)
+def identity(cfg: DictConfig, resolved: dict, method_name: str) -> tuple[str, Path]:
+    """The run's id and result path: a function of the resolved config and the seed."""
+    rid = results.run_id(resolved, cfg.model.name, method_name, cfg.task.name, cfg.seed)
     return rid, results.result_path(cfg.paths.results_dir, rid)
 
 
 def run(cfg: DictConfig) -> results.RunResult:
     """Run one config and return its result; a completed result that already exists is returned as is (skip)."""
     method, task, tracker = prepare(cfg)
-    rid, path = identity(cfg, method)
+    resolved = resolved_config(cfg)
+    description = method.describe()
+    rid, path = identity(cfg, resolved, description["name"])
     if results.completed(path) and not cfg.force:
         log.info("skip: a completed result exists at %s (force=true reruns)", path)
         return results.load_result(path)
-    resolved = resolved_config(cfg)
-    description = method.describe()
     result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
                                method_label=description.get("label", description["name"]), task=cfg.task.name,
                                seed=int(cfg.seed), config=resolved, selection_metric=task.selection_metric,
