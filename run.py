@@ -1,6 +1,6 @@
 """Entry point: ``python run.py model=… method=… task=… [experiment=…] [seed=…]`` (``-m`` sweeps).
 
-Composition root only: Hydra composes ``conf/``; ``c3a.pipeline.run`` does the work.
+Composition root only: Hydra composes ``conf/``; ``framework.pipeline.run`` does the work.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ log = logging.getLogger("run")
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from c3a.pipeline import InputError, run
+    from framework.pipeline import InputError, run
 
     if cfg.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True))

@@ -1,4 +1,4 @@
-"""Baseline fine-tuning methods, each a ``c3a.methods.Method`` built from ``conf/method/<name>.yaml``.
+"""Baseline fine-tuning methods, each a ``framework.method.Method`` built from ``conf/method/<name>.yaml``.
 
 PEFT-built: LoRA, VeRA, BOFT, (IA)3 (``baselines.peft_methods``). Plain PyTorch: BitFit, full
 fine-tuning and head-only.

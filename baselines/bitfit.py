@@ -6,16 +6,13 @@ is part of the head when the model config lists it in ``head_modules`` (MiniLM d
 """
 from __future__ import annotations
 
-from typing import Sequence
-
 from torch import nn
 
-from baselines.common import check_head, finish_adapted, freeze_all
-from c3a.methods import Adapted, Method, head_parameters
+from framework.method import Adapted, Head, Method, check_head, finish_adapted, freeze_all, head_parameters
 
 
-def backbone_biases(model: nn.Module, head_modules: Sequence[str]) -> list[tuple[str, nn.Parameter]]:
-    head_ids = {id(p) for _, p in head_parameters(model, head_modules)}
+def backbone_biases(model: nn.Module, head: Head) -> list[tuple[str, nn.Parameter]]:
+    head_ids = {id(p) for _, p in head_parameters(model, head)}
     return [(name, p) for name, p in model.named_parameters()
             if name.rsplit(".", 1)[-1] == "bias" and id(p) not in head_ids]
 
@@ -26,18 +23,18 @@ class BitFitMethod(Method):
     def __init__(self, name: str = "bitfit"):
         self.name = name
 
-    def validate(self, model: nn.Module, head_modules: Sequence[str]) -> None:
-        check_head(model, head_modules)
-        if not backbone_biases(model, head_modules):
+    def validate(self, model: nn.Module, head: Head) -> None:
+        check_head(model, head)
+        if not backbone_biases(model, head):
             raise ValueError(f"bitfit: {type(model).__name__} has no bias parameters outside the head "
-                             f"{list(head_modules)} (e.g. LLaMA's linears and RMSNorms have none)")
+                             f"{list(head.modules)} (e.g. LLaMA's linears and RMSNorms have none)")
 
-    def apply(self, model: nn.Module, head_modules: Sequence[str]) -> Adapted:
-        self.validate(model, head_modules)
+    def apply(self, model: nn.Module, head: Head) -> Adapted:
+        self.validate(model, head)
         freeze_all(model)
-        for _, param in backbone_biases(model, head_modules):
+        for _, param in backbone_biases(model, head):
             param.requires_grad_(True)
-        return finish_adapted(model, head_modules)
+        return finish_adapted(model, head)
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "BitFit"}

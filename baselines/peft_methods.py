@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import warnings
 from abc import abstractmethod
-from typing import Sequence
 
 from torch import nn
 
-from baselines.common import check_head, finish_adapted, linear_layer_names
-from c3a.methods import Adapted, Method
+from framework.method import Adapted, Head, Method, check_head, finish_adapted, linear_layer_names
 
 
 def _as_targets(targets) -> str | list[str]:
@@ -75,9 +73,9 @@ class PeftMethod(Method):
                 found[name] = module
         return found
 
-    def validate(self, model: nn.Module, head_modules: Sequence[str]) -> None:
+    def validate(self, model: nn.Module, head: Head) -> None:
         self.check_hyperparameters()
-        check_head(model, head_modules)
+        check_head(model, head)
         matched = self.matched_modules(model)
         if not matched:
             raise ValueError(
@@ -87,19 +85,19 @@ class PeftMethod(Method):
         if not_linear:
             raise ValueError(f"{self.name}: target_modules {self.target_modules!r} match modules that are "
                              f"not nn.Linear: {not_linear}. Linear layers: {linear_layer_names(model)}")
-        heads = set(head_modules)
+        heads = set(head.modules)
         in_head = [name for name in matched if heads & set(name.split("."))]
         if in_head:
             raise ValueError(f"{self.name}: target_modules {self.target_modules!r} match layers inside the "
-                             f"task head {list(head_modules)}: {in_head}; the head trains in full already")
+                             f"task head {list(head.modules)}: {in_head}; the head trains in full already")
         self.check_targets(model, matched)
 
-    def apply(self, model: nn.Module, head_modules: Sequence[str]) -> Adapted:
+    def apply(self, model: nn.Module, head: Head) -> Adapted:
         from peft import get_peft_model
 
-        self.validate(model, head_modules)
+        self.validate(model, head)
         peft_model = get_peft_model(model, self.peft_config())
-        return finish_adapted(peft_model, head_modules)
+        return finish_adapted(peft_model, head)
 
 
 class LoRAMethod(PeftMethod):
@@ -202,12 +200,12 @@ class BOFTMethod(PeftMethod):
         return BOFTConfig(boft_block_size=self.boft_block_size, boft_n_butterfly_factor=self.built_butterfly_factor,
                           boft_dropout=self.boft_dropout, target_modules=self.target_modules)
 
-    def apply(self, model: nn.Module, head_modules: Sequence[str]) -> Adapted:
+    def apply(self, model: nn.Module, head: Head) -> Adapted:
         with warnings.catch_warnings():
             if self.built_butterfly_factor == 1:  # PEFT's fallback to factor 1 changes nothing then
                 warnings.filterwarnings("ignore", message="Failed to load the CUDA extension")
                 warnings.filterwarnings("ignore", message="Setting boft_n_butterfly_factor to 1")
-            adapted = super().apply(model, head_modules)
+            adapted = super().apply(model, head)
         built = {p.shape[0] for name, p in adapted.adapter if ".boft_R." in name}
         if built != {self.built_butterfly_factor}:
             raise RuntimeError(

@@ -1,6 +1,6 @@
 """C3A: parameter-efficient fine-tuning with block-circulant adapters (circular convolution).
 
-The public API is exported lazily so that ``import c3a.results`` (and the other light modules) does
+The public API is exported lazily so that ``import framework.results`` (and the other light modules) does
 not pay for importing torch.
 """
 from __future__ import annotations
@@ -10,22 +10,21 @@ import importlib
 _EXPORTS = {
     "C3AConfig": "c3a.config",
     "C3ALinear": "c3a.layer",
-    "C3AMethod": "c3a.model",
-    "add_c3a": "c3a.model",
-    "plan_c3a": "c3a.model",
-    "c3a_layers": "c3a.model",
-    "adapter_names": "c3a.model",
-    "active_adapters": "c3a.model",
-    "set_adapters": "c3a.model",
-    "disable_adapters": "c3a.model",
-    "enable_adapters": "c3a.model",
-    "merge_adapters": "c3a.model",
-    "unmerge_adapters": "c3a.model",
-    "merge_and_unload": "c3a.model",
-    "save_c3a": "c3a.model",
-    "load_c3a": "c3a.model",
-    "load_peft_c3a": "c3a.peft_integration",
-    "export_peft_c3a": "c3a.peft_integration",
+    "add_c3a": "c3a.adapter",
+    "plan_c3a": "c3a.adapter",
+    "c3a_layers": "c3a.adapter",
+    "adapter_names": "c3a.adapter",
+    "active_adapters": "c3a.adapter",
+    "set_adapters": "c3a.adapter",
+    "disable_adapters": "c3a.adapter",
+    "enable_adapters": "c3a.adapter",
+    "merge_adapters": "c3a.adapter",
+    "unmerge_adapters": "c3a.adapter",
+    "merge_and_unload": "c3a.adapter",
+    "save_c3a": "c3a.adapter",
+    "load_c3a": "c3a.adapter",
+    "load_peft_c3a": "c3a.peft_conversion",
+    "export_peft_c3a": "c3a.peft_conversion",
     "block_circulant_matrix": "c3a.circulant",
     "block_circulant_matmul": "c3a.circulant",
     "c3a_linear": "c3a.circulant",

@@ -36,7 +36,7 @@ def compose_cfg(overrides: list[str], root: Path):
 def tiny_overrides(task: str = "sst2", method: str = "c3a") -> list[str]:
     """A seconds-long run: tiny random RoBERTa, the shipped few-row TSVs, one or two epochs."""
     return [
-        "model=tiny-roberta", f"task={task}", f"method={method}", "logger=none",
+        "model=tiny-roberta", f"task={task}", f"method={method}", "tracker=none",
         f"task.data_dir={TEST_GLUE / GLUE_DIRS[task]}", "task.max_length=64",
         "task.val_size=4", "trainer.epochs=2", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.progress_bar=false",
     ]

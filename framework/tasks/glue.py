@@ -32,8 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from c3a.tasks.base import HeadSpec, Task
-from c3a.tasks.glue_data import (
+from framework.models import position_limit
+from framework.tasks.base import HeadSpec, Task
+from framework.tasks.glue_data import (
     GLUE_TASKS,
     RawSplit,
     load_hub_splits,
@@ -113,6 +114,9 @@ class GlueCollator:
 
 
 class GlueTask(Task):
+    model_kind = "sequence-classification"
+    processor_kind = "tokenizer"
+
     def __init__(
         self,
         name: str,
@@ -174,7 +178,13 @@ class GlueTask(Task):
 
     def head(self) -> HeadSpec:
         problem = "regression" if self.spec.is_regression else "single_label_classification"
-        return HeadSpec(num_labels=self.spec.num_labels, problem_type=problem)
+        return HeadSpec(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True)
+
+    def check_model(self, model_config) -> None:
+        limit = position_limit(model_config) if model_config is not None else None
+        if limit is not None and self.max_length > limit:
+            raise ValueError(f"task.max_length={self.max_length} exceeds the {limit} positions of the model's "
+                             f"position embeddings; set task.max_length <= {limit}")
 
     # ------------------------------------------------------------------- data
     def _source(self) -> tuple[dict, Optional[dict[str, RawSplit]]]:
@@ -302,7 +312,7 @@ class GlueTask(Task):
         self._split_info["sizes"] = {name: len(split) for name, split in result.items()}
         return result
 
-    def collate(self, tokenizer) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
+    def collate(self, tokenizer, split: str) -> Callable[[list[dict]], dict[str, torch.Tensor]]:
         return GlueCollator(tokenizer, self.spec.is_regression)
 
     # ------------------------------------------------------- loss and metrics
@@ -316,6 +326,21 @@ class GlueTask(Task):
         if self.spec.is_regression:
             return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype))
         return F.cross_entropy(logits, labels.long())
+
+    def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.loss(model(**inputs).logits, batch["labels"])
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
+        """Teacher-forced logits of the whole split, gathered across processes, then the GLUE metric."""
+        all_logits, all_labels = [], []
+        for batch in loader:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            logits = model(**inputs).logits.float()
+            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+            all_logits.append(logits.cpu())
+            all_labels.append(labels.cpu())
+        return self.compute_metrics(torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy())
 
     def compute_metrics(self, predictions, references) -> dict[str, float]:
         logits = np.asarray(predictions)

@@ -1,4 +1,4 @@
-"""Putting C3A into any model: inject, switch, merge, save/load, and the ``C3AMethod`` the trainer uses.
+"""Putting C3A into any model: inject, switch, merge, save/load.
 
 Everything that can be wrong (targets that match nothing, block sizes that do not divide a layer) is
 found by :func:`plan_c3a` before a single module is replaced, so a failed call leaves the model as
@@ -15,7 +15,6 @@ from torch import nn
 
 from c3a.config import C3AConfig, target_matches
 from c3a.layer import C3ALinear
-from c3a.methods import Adapted, Method, head_parameters
 
 CONFIG_FILE = "c3a_config.json"
 WEIGHTS_FILE = "c3a_model.safetensors"
@@ -259,43 +258,3 @@ def load_weights(model: nn.Module, tensors: dict[str, torch.Tensor], source: str
     absent = [n for n in expected if n not in tensors]
     if absent:
         raise ValueError(f"C3A: {source} lacks kernels for {absent[:5]}")
-
-
-# -- the trainer's view ---------------------------------------------------------------------------
-class C3AMethod(Method):
-    """C3A as a ``Method``: built by Hydra from ``conf/method/c3a.yaml``."""
-
-    def __init__(self, name: str = "c3a", b: int | None = None, block_size: int | None = None,
-                 target_modules=None, block_size_pattern=None, init_weights: str = "xavier_uniform",
-                 scale_by_d_in: bool = True, adapter_name: str = "default") -> None:
-        self.name = name
-        self.adapter_name = adapter_name
-        self.config = C3AConfig(target_modules=target_modules, b=b, block_size=block_size,
-                                block_size_pattern=dict(block_size_pattern or {}),
-                                init_weights=init_weights, scale_by_d_in=scale_by_d_in)
-
-    def validate(self, model: nn.Module, head_modules: Sequence[str]) -> None:
-        plan_c3a(model, self.config, self.adapter_name, exclude_modules=head_modules)
-        if head_modules and not head_parameters(model, head_modules):
-            raise ValueError(f"C3A: head_modules={list(head_modules)} match no parameter of the model")
-
-    def apply(self, model: nn.Module, head_modules: Sequence[str]) -> Adapted:
-        self.validate(model, head_modules)
-        add_c3a(model, self.config, self.adapter_name, exclude_modules=head_modules)
-        model.requires_grad_(False)
-        for layer in c3a_layers(model).values():
-            if self.adapter_name in layer.c3a_kernel:
-                layer.c3a_kernel[self.adapter_name].requires_grad_(True)
-        head = head_parameters(model, head_modules)
-        for _, param in head:
-            param.requires_grad_(True)
-        head_names = {n for n, _ in head}
-        adapter = [(n, p) for n, p in model.named_parameters() if p.requires_grad and n not in head_names]
-        return Adapted(model=model, head=head, adapter=adapter)
-
-    def describe(self) -> dict:
-        cfg = self.config
-        targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
-        return {"name": self.name, "label": cfg.label(), "b": cfg.b, "block_size": cfg.block_size,
-                "target_modules": targets, "block_size_pattern": dict(cfg.block_size_pattern),
-                "init_weights": cfg.init_weights, "scale_by_d_in": cfg.scale_by_d_in}

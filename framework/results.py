@@ -10,16 +10,17 @@ import json
 import os
 import platform
 import subprocess
-import tempfile
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-SCHEMA_VERSION = 1
+from framework.io import atomic_write_text
+
+SCHEMA_VERSION = 2
 
 #: config keys that do not change what a run computes, left out of the run's identity
-NON_IDENTITY_KEYS = ("seed", "paths", "logger", "force", "hydra", "print_config", "expected_seeds", "task.cache_dir",
+NON_IDENTITY_KEYS = ("seed", "paths", "tracker", "force", "hydra", "print_config", "expected_seeds", "task.cache_dir",
                      "trainer.progress_bar", "trainer.num_workers", "trainer.checkpoint_every_epoch",
                      "trainer.save_best", "trainer.test_every_epoch")
 
@@ -36,16 +37,18 @@ class RunResult:
     seed: int
     config: dict[str, Any]
     method_label: str = ""
-    split: dict[str, Any] = field(default_factory=dict)
+    task_details: dict[str, Any] = field(default_factory=dict)  # the task's describe(): data, split protocol, sizes
     selection_metric: str = ""
-    epochs: list[dict[str, Any]] = field(default_factory=list)  # {epoch, train_loss, lr, val{}, test{}, time_s}
+    epochs: list[dict[str, Any]] = field(default_factory=list)  # {epoch, train_loss, lr, val{}, test{}, train_samples, train_time_s}
     best_epoch: int | None = None
     best_val: dict[str, float] = field(default_factory=dict)
     test_at_best: dict[str, float] = field(default_factory=dict)
     test_last: dict[str, float] = field(default_factory=dict)
     params: dict[str, int] = field(default_factory=dict)  # trainable_excl_head, head, trainable_total, total
-    memory: dict[str, Any] = field(default_factory=dict)  # kind ("cuda" | "cpu_rss"), peak_bytes, ...
-    timing: dict[str, float] = field(default_factory=dict)  # wall_s, train_samples_per_s
+    memory: dict[str, Any] = field(default_factory=dict)  # kind ("cuda" | "cpu_peak_rss"), peak_bytes, ...
+    timing: dict[str, float] = field(default_factory=dict)  # wall_s, train_time_s, loop_wall_s, train_samples_per_s
+    distributed: dict[str, Any] = field(default_factory=dict)  # processes, per-device batch, accumulation, steps
+    artifacts: dict[str, str] = field(default_factory=dict)  # end-of-run outputs by name (e.g. sample grids)
     provenance: dict[str, Any] = field(default_factory=dict)  # git commit, versions, device
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
@@ -55,6 +58,9 @@ class RunResult:
 
     @classmethod
     def from_dict(cls, data: dict) -> "RunResult":
+        data = dict(data)
+        if "split" in data:  # schema 1 files called the task description "split"
+            data.setdefault("task_details", data.pop("split"))
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
         return cls(**known)
 
@@ -86,23 +92,6 @@ def run_id(config: dict, model: str, method: str, task: str, seed: int) -> str:
 
 def result_path(results_dir: str | os.PathLike, rid: str) -> Path:
     return Path(results_dir) / "runs" / f"{rid}.json"
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write via a temp file in the same folder and rename, so a kill never leaves half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def write_result(path: str | os.PathLike, result: RunResult) -> None:

@@ -1,12 +1,12 @@
-"""Experiment trackers: W&B (offline by default) and a no-op. The trainer only calls these four methods."""
+"""Experiment trackers (`conf/tracker/`): W&B (offline by default) and a no-op. Runs call only these four methods."""
 from __future__ import annotations
 
 import os
 from typing import Any
 
 
-class NullLogger:
-    """``logger=none``: records nothing beyond the local result file."""
+class NullTracker:
+    """``tracker=none``: records nothing beyond the local result file."""
 
     def start(self, run_name: str, config: dict, group: str | None = None) -> None: ...
 
@@ -17,7 +17,7 @@ class NullLogger:
     def finish(self, failed: bool = False) -> None: ...
 
 
-class WandbLogger(NullLogger):
+class WandbTracker(NullTracker):
     """Mirrors the run's config and metrics to W&B. ``mode=offline`` needs no account (``wandb sync`` later)."""
 
     MODES = ("offline", "online", "disabled")
@@ -25,7 +25,7 @@ class WandbLogger(NullLogger):
     def __init__(self, project: str = "c3a-peft", entity: str | None = None, mode: str = "offline",
                  group: str | None = None, tags: list[str] | None = None, dir: str | None = None):
         if mode not in self.MODES:
-            raise ValueError(f"logger.mode={mode!r} is not one of {self.MODES}")
+            raise ValueError(f"tracker.mode={mode!r} is not one of {self.MODES}")
         self.project, self.entity, self.mode = project, entity, mode
         self.group, self.tags, self.dir = group, list(tags or []), dir
         self.run = None

@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
+
+from framework import hub
 
 NLI_LABELS = {"entailment": 0, "not_entailment": 1}
 
@@ -161,36 +161,16 @@ def resolve_task_folder(data_dir: str | os.PathLike, spec: GlueTaskSpec) -> Path
     )
 
 
-def _env_flag(name: str) -> bool:
-    return os.environ.get(name, "").strip().upper() in ("1", "ON", "YES", "TRUE")
-
-
-def hub_offline_by_env() -> bool:
-    return _env_flag("HF_HUB_OFFLINE") or _env_flag("HF_DATASETS_OFFLINE")
-
-
-def hub_reachable(endpoint: str, timeout_s: float = 3.0) -> bool:
-    """One quick request, so an unreachable Hub fails in seconds instead of after retries."""
-    try:
-        urllib.request.urlopen(urllib.request.Request(endpoint, method="HEAD"), timeout=timeout_s)
-    except urllib.error.HTTPError:
-        return True  # the server answered
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
-    return True
-
-
 def load_hub_splits(spec: GlueTaskSpec, hub_dataset: str) -> dict[str, RawSplit]:
     """GLUE train and validation (used as our dev) from the Hub or the local datasets cache."""
     hint = (
         f"To use local files instead, set task.data_dir=/path/to/GLUE/{spec.folder} "
         f"(a folder with train.tsv and dev.tsv in the original GLUE layout)."
     )
-    offline = hub_offline_by_env()
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    if not offline and not hub_reachable(endpoint):
+    offline = hub.offline()
+    if not offline and not hub.reachable():
         raise ConnectionError(
-            f"The Hugging Face Hub ({endpoint}) is unreachable, so {hub_dataset}/{spec.hub_config} "
+            f"The Hugging Face Hub ({hub.endpoint()}) is unreachable, so {hub_dataset}/{spec.hub_config} "
             f"cannot be downloaded. Set HF_DATASETS_OFFLINE=1 to use a copy already in the datasets "
             f"cache. {hint}"
         )

@@ -3,7 +3,7 @@
 Reads only ``results/`` (run JSONs, ``memory/*.csv``) and ``results/paper/table2.csv``; never torch.
 Nothing is mixed silently: runs under different split protocols go to separate tables, and cells with
 fewer seeds than configured, failed runs, runs from several commits/versions or from several configs
-are marked and footnoted. Rendering lives in :mod:`c3a.table_render`.
+are marked and footnoted. Rendering lives in :mod:`framework.table_render`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from c3a.results import iter_results
+from framework.results import iter_results
 
 TASKS = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
 TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B"}

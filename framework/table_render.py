@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from c3a.results import atomic_write_text
-from c3a.tables import (DEFAULT_PAPER_CSV, TASK_TITLES, TASKS, Row, Table, build_tables, load_paper,
+from framework.results import atomic_write_text
+from framework.tables import (DEFAULT_PAPER_CSV, TASK_TITLES, TASKS, Row, Table, build_tables, load_paper,
                         unplaced_failures)
 
 MD_MARKS = {"short": "†", "mixed": "‡", "configs": "§", "partial": "*"}

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 from torch import nn
 
 from c3a.config import C3AConfig
-from c3a.model import _in_modules, _inject, c3a_layers, linear_layers, load_weights, set_adapters
+from c3a.adapter import _in_modules, _inject, c3a_layers, linear_layers, load_weights, set_adapters
 
 PEFT_CONFIG_FILE = "adapter_config.json"
 PEFT_WEIGHTS_FILE = "adapter_model.safetensors"

@@ -1,0 +1,179 @@
+"""One run from a composed config: validate → build → adapt → fit → write the result.
+
+Everything checkable is checked before any training compute (trainer settings, names, data files,
+block sizes against the model's layer shapes on a weightless skeleton, sequence length against the
+position embeddings); such errors raise ``InputError`` and leave no result file. Errors during
+training leave a result marked ``failed``; a completed result is never overwritten by a later error.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from framework import models, results
+from framework.method import Adapted, Head, Method
+from framework.tasks.base import Task
+from framework.trainer import CHECKPOINT_FILE, TrainerSettings
+
+log = logging.getLogger(__name__)
+BEST_STATE_FILE = "best_trainable.safetensors"
+
+
+def _is_main_process() -> bool:
+    """Under `accelerate launch`/`torchrun` every rank runs this; only rank 0 writes results and talks to W&B."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _num_processes() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+class InputError(ValueError):
+    """Bad input found before any compute: the message names the value, why, and the valid choices."""
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs, built and checked before any compute."""
+
+    method: Method
+    task: Task
+    tracker: Any
+    settings: TrainerSettings
+    head: Head
+    seed: int
+
+
+def prepare(cfg: DictConfig) -> Prepared:
+    """Instantiate and validate everything; raise ``InputError`` on bad input.
+
+    Only errors that describe input are translated (config classes that validate themselves raise
+    ``ValueError``; missing files ``FileNotFoundError``/``OSError``); a bug's ``TypeError`` or
+    ``AttributeError`` propagates with its traceback.
+    """
+    try:
+        seed = cfg.seed
+        if isinstance(seed, bool) or not isinstance(seed, int):
+            raise ValueError(f"seed={seed!r} must be an integer")
+        settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
+        settings.per_device_batch_size(_num_processes())
+        method: Method = instantiate(cfg.method, _convert_="all")
+        task: Task = instantiate(cfg.task, _convert_="all")
+        tracker = instantiate(cfg.tracker)
+        task.validate()
+        models.check_source(cfg.model)
+        spec = task.head()
+        head = Head(models.head_modules(cfg.model, task.model_kind), trains=spec.trains)
+        skeleton = models.build_model(cfg.model, task.model_kind, spec, weights="meta")
+        task.check_model(getattr(skeleton, "config", None))
+        method.validate(skeleton, head)
+        task.check_data()
+    except InstantiationException as err:  # a config class that validates itself on construction
+        raise InputError(str(err.__cause__ or err)) from err
+    except (ValueError, FileNotFoundError, OSError) as err:
+        raise InputError(str(err)) from err
+    return Prepared(method, task, tracker, settings, head, int(seed))
+
+
+def resolved_config(cfg: DictConfig) -> dict:
+    """The run's config as plain data, without Hydra's own node (present when composed with the API)."""
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
+
+
+def identity(cfg: DictConfig, resolved: dict, method_name: str) -> tuple[str, Path]:
+    """The run's id and result path: a function of the resolved config and the seed."""
+    rid = results.run_id(resolved, cfg.model.name, method_name, cfg.task.name, cfg.seed)
+    return rid, results.result_path(cfg.paths.results_dir, rid)
+
+
+def _close_tracker(tracker, summary: dict | None, failed: bool) -> None:
+    """Summary and finish of the tracker; its errors are logged, never turned into a failed run."""
+    try:
+        if summary is not None:
+            tracker.summary(summary)
+        tracker.finish(failed=failed)
+    except Exception:  # noqa: BLE001 - the result file is the record; the mirror is best effort
+        log.exception("the tracker failed to finish (the result file is complete)")
+
+
+def run(cfg: DictConfig) -> results.RunResult:
+    """Run one config and return its result; a completed result that already exists is returned as is (skip)."""
+    prepared = prepare(cfg)
+    method, task, tracker = prepared.method, prepared.task, prepared.tracker
+    resolved = resolved_config(cfg)
+    description = method.describe()
+    rid, path = identity(cfg, resolved, description["name"])
+    if results.completed(path) and not cfg.force:
+        log.info("skip: a completed result exists at %s (force=true reruns)", path)
+        return results.load_result(path)
+    main = _is_main_process()
+    result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
+                               method_label=description.get("label", description["name"]), task=cfg.task.name,
+                               seed=prepared.seed, config=resolved, selection_metric=task.selection_metric,
+                               provenance=results.provenance())
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
+    started = time.perf_counter()
+    if not main:
+        from framework.trackers import NullTracker
+
+        tracker = NullTracker()
+    tracker.start(run_name=rid.replace("/", "-"), config=resolved,
+                  group=f"{cfg.task.name}/{cfg.model.name}/{description['name']}")
+    try:
+        processor = models.build_processor(cfg.model, task.processor_kind)
+        splits = task.splits(processor)
+        result.task_details = task.describe()
+        torch.manual_seed(prepared.seed)  # head and adapter initialisation depend on the seed
+        model = models.build_model(cfg.model, task.model_kind, task.head())
+        adapted: Adapted = method.apply(model, prepared.head)
+        result.params = {"trainable_excl_head": adapted.num_adapter_params(), "head": adapted.num_head_params(),
+                         "trainable_total": adapted.num_adapter_params() + adapted.num_head_params(),
+                         "total": models.count_parameters(adapted.model)}
+        from framework.trainer import fit
+
+        out = fit(adapted, task, splits, processor, prepared.settings, prepared.seed, checkpoint_dir, tracker,
+                  artifacts_dir=Path(cfg.paths.results_dir) / "artifacts" / rid)
+        best_state = out.pop("best_state")
+        result.provenance["device"] = out.pop("device")
+        for key, value in out.items():
+            setattr(result, key, value)
+        result.timing["wall_s"] = time.perf_counter() - started
+        result.status = "completed"
+        if main:
+            if prepared.settings.save_best:
+                from safetensors.torch import save_file
+
+                checkpoint_dir.mkdir(parents=True, exist_ok=True)
+                save_file({k: v.contiguous() for k, v in best_state.items()}, str(checkpoint_dir / BEST_STATE_FILE))
+            results.write_result(path, result)
+    except BaseException as err:
+        result.status = "failed"
+        result.error = f"{type(err).__name__}: {err}"
+        result.timing["wall_s"] = time.perf_counter() - started
+        if main:
+            results.write_result(path, result)
+        _close_tracker(tracker, None, failed=True)
+        raise
+    if main:
+        (checkpoint_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+    _close_tracker(tracker, {"best_epoch": result.best_epoch, **{f"best_val/{k}": v for k, v in result.best_val.items()},
+                             **{f"test_at_best/{k}": v for k, v in result.test_at_best.items()},
+                             "params/trainable_excl_head": result.params["trainable_excl_head"],
+                             "memory/peak_bytes": result.memory.get("peak_bytes")}, failed=False)
+    metric = task.selection_metric
+    log.info("summary %s: best epoch %d/%d | val %s %.4f | test %.4f (last epoch %.4f) | "
+             "%s trainable params excl. head | peak memory %.2f GiB (%s) | %.0f s",
+             rid, result.best_epoch, len(result.epochs), metric, result.best_val[metric],
+             result.test_at_best[metric], result.test_last[metric], f"{result.params['trainable_excl_head']:,}",
+             result.memory["peak_bytes"] / 2**30, result.memory["kind"], result.timing["wall_s"])
+    log.info("result: %s", path)
+    return result

@@ -1,0 +1,82 @@
+"""The task interface: a task owns everything that is specific to its kind of learning.
+
+The trainer (``framework.trainer``) knows optimizers, schedules, accumulation, checkpoints and
+best-epoch selection; it does not know what a batch holds or what a model returns. It asks the task:
+
+- ``model_kind``: which model class the one model builder makes (``framework.models.MODEL_KINDS``),
+- ``processor_kind``: which input processor (a tokenizer, an image processor, or none),
+- ``head()``: the head's constructor arguments (e.g. ``num_labels``) and whether the head trains,
+- ``splits(processor)`` / ``collate(processor, split)``: data, per split,
+- ``training_loss(model, batch)``: a scalar loss,
+- ``evaluate(model, loader, accelerator)``: the split's metrics, ``selection_metric`` among them
+  (called in eval mode under ``torch.no_grad()`` by the trainer),
+- ``artifacts(model, output_dir, tracker)``: anything written once at the end (e.g. sample images).
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+
+PROCESSOR_KINDS = ("tokenizer", "image_processor", "none")
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """What the task asks of the model's head.
+
+    ``model_kwargs`` go to the model's config (``num_labels``, ``problem_type``, ``id2label``...);
+    ``trains`` says whether the head's parameters are trained (a classifier: yes; an LM head: no).
+    """
+
+    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    trains: bool = True
+
+
+class Task(ABC):
+    name: str
+    #: metric key used to choose the best epoch (higher is better)
+    selection_metric: str
+    #: one of framework.models.MODEL_KINDS
+    model_kind: str
+    #: one of PROCESSOR_KINDS
+    processor_kind: str = "tokenizer"
+
+    @abstractmethod
+    def validate(self) -> None:
+        """Raise ``ValueError``/``FileNotFoundError`` before compute (missing data, bad options)."""
+
+    def check_data(self) -> None:
+        """Read (not tokenise) the data, so that malformed input is reported before any compute."""
+
+    def check_model(self, model_config) -> None:
+        """Raise ``ValueError`` when the task cannot run on this model config (e.g. sequences too long)."""
+
+    @abstractmethod
+    def head(self) -> HeadSpec: ...
+
+    @abstractmethod
+    def splits(self, processor) -> dict[str, Any]:
+        """``{"train", "val", "test"}`` datasets (torch-indexable)."""
+
+    @abstractmethod
+    def collate(self, processor, split: str) -> Callable[[list], dict]:
+        """The batch builder for ``split`` ("train", "val" or "test")."""
+
+    @abstractmethod
+    def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """The scalar loss of one training batch."""
+
+    @abstractmethod
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
+        """Metrics of one split; ``selection_metric`` among them. Gathers across processes itself."""
+
+    def artifacts(self, model: torch.nn.Module, output_dir, tracker) -> dict[str, str]:
+        """Write end-of-run outputs (with the best state loaded); returns {name: path}."""
+        return {}
+
+    def describe(self) -> dict:
+        """Settings recorded in the result (split protocol, sizes, data source)."""
+        return {"name": self.name}
