@@ -20,7 +20,7 @@ def _results(root: Path) -> list[Path]:
 
 
 def _run(tmp_path: Path, overrides: list[str]):
-    from c3a.pipeline import run
+    from framework.pipeline import run
 
     return run(compose_cfg(overrides, tmp_path))
 
@@ -36,9 +36,12 @@ def test_each_method_trains_and_writes_a_valid_result(tmp_path, method):
     assert data["status"] == "completed" and data["method"] == method and data["seed"] == 0
     assert data["run_id"] == result.run_id and path.name == "seed0.json"
     for key in ("config", "epochs", "best_epoch", "best_val", "test_at_best", "test_last", "params", "memory",
-                "timing", "provenance", "split", "method_label"):
+                "timing", "provenance", "task_details", "method_label", "distributed"):
         assert data[key] not in (None, "", {}), key
-    assert data["config"]["trainer"]["epochs"] == 1 and data["split"]["split"] == "holdout"
+    assert data["config"]["trainer"]["epochs"] == 1 and data["task_details"]["split"] == "holdout"
+    assert data["distributed"] == {"num_processes": 1, "global_batch_size": 8, "per_device_batch_size": 8,
+                                   "grad_accum_steps": 1, "optimizer_steps": data["distributed"]["optimizer_steps"],
+                                   "steps_per_epoch": data["distributed"]["steps_per_epoch"], "mixed_precision": "no"}
     assert 0.0 <= data["test_at_best"]["accuracy"] <= 1.0
     assert data["memory"]["kind"] in ("cpu_peak_rss", "cuda") and data["memory"]["peak_bytes"] > 0
     params = data["params"]
@@ -50,7 +53,7 @@ def test_each_method_trains_and_writes_a_valid_result(tmp_path, method):
 
 def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, monkeypatch):
     """Scripted validation scores: the peak at epoch 2 is chosen, and test runs on epoch 2's weights."""
-    import c3a.train as train
+    import framework.trainer as train
 
     val_scores = iter([0.50, 0.90, 0.70])
     snapshots: dict[str, torch.Tensor] = {}
@@ -90,24 +93,27 @@ class _Killed(BaseException):
 
 
 def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
-    import c3a.train as train
+    import framework.trainer as train
 
     overrides = tiny_overrides("sst2", "c3a") + ["trainer.epochs=3", "seed=3"]
     uninterrupted = _run(tmp_path / "a", overrides)
 
-    real_save = train._atomic_torch_save
+    real_save = train.save_checkpoint
 
-    def save_then_die(obj, path):
-        real_save(obj, path)
-        if obj["epoch"] == 1:  # after the second epoch's checkpoint
+    def save_then_die(state, path):
+        real_save(state, path)
+        if state["epoch"] == 1:  # after the second epoch's checkpoint
             raise _Killed()
 
-    monkeypatch.setattr(train, "_atomic_torch_save", save_then_die)
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
         _run(tmp_path / "b", overrides)
     [failed] = _results(tmp_path / "b")
     assert json.loads(failed.read_text())["status"] == "failed"
-    monkeypatch.setattr(train, "_atomic_torch_save", real_save)
+    [checkpoint] = (tmp_path / "b" / "checkpoints").rglob(train.CHECKPOINT_FILE)
+    # resume state is data only: it loads with weights_only=True (a checkpoint can never run code)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
     resumed = _run(tmp_path / "b", overrides)
     for key in ("best_epoch", "best_val", "test_at_best", "test_last"):
         assert getattr(resumed, key) == getattr(uninterrupted, key), key
@@ -116,7 +122,7 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_completed_run_is_skipped_unless_forced(tmp_path, monkeypatch):
-    import c3a.train as train
+    import framework.trainer as train
 
     first = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
 
@@ -139,8 +145,8 @@ def test_different_seed_or_setting_is_a_different_result_file(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_a_failed_result(tmp_path, monkeypatch):
-    from c3a.tasks.glue import GlueTask
-    from c3a.train import NonFiniteLossError
+    from framework.tasks.glue import GlueTask
+    from framework.trainer import NonFiniteLossError
 
     monkeypatch.setattr(GlueTask, "loss", lambda self, logits, labels: logits.sum() * math.nan)
     with pytest.raises(NonFiniteLossError, match="loss is nan"):
@@ -156,7 +162,7 @@ def test_nonfinite_loss_stops_with_a_failed_result(tmp_path, monkeypatch):
     (["method=lora", "method.r=0"], "r"),
 ])
 def test_bad_input_fails_before_compute_without_a_result(tmp_path, override, message):
-    from c3a.pipeline import InputError
+    from framework.pipeline import InputError
 
     with pytest.raises(InputError, match=message):
         _run(tmp_path, tiny_overrides() + override)
@@ -164,7 +170,7 @@ def test_bad_input_fails_before_compute_without_a_result(tmp_path, override, mes
 
 
 def test_malformed_tsv_is_reported_with_file_and_line(tmp_path):
-    from c3a.pipeline import InputError
+    from framework.pipeline import InputError
 
     bad = tmp_path / "SST-2"
     bad.mkdir()
@@ -189,8 +195,8 @@ def test_cli_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, messag
 
 
 def test_wandb_offline_mirror_is_written_and_finished(tmp_path):
-    result = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "logger=wandb", "logger.mode=offline",
-                                                f"logger.dir={tmp_path / 'wb'}"])
+    result = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "tracker=wandb", "tracker.mode=offline",
+                                                f"tracker.dir={tmp_path / 'wb'}"])
     assert result.status == "completed"
     runs = list((tmp_path / "wb").rglob("*.wandb"))
     assert runs, "an offline W&B run file is written"
