@@ -1,6 +1,6 @@
 """C3A adapter configuration, validated on construction so bad settings fail before any model is touched.
 
-Two notations for the block count exist (see docs/shared PAPER.md §1): ``b`` is the paper's v1
+Two notations for the block count exist (docs/paper.md §1): ``b`` is the paper's v1
 notation (number of blocks along the input dim, block_size = d_in / b), ``block_size`` is the kernel
 length p (PEFT and paper v4 notation). Exactly one of them is set.
 """

@@ -4,13 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from hydra.errors import ConfigCompositionException
+from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF
 
-GROUPS = ("model", "method", "task", "trainer", "logger", "paths", "debug")
+GROUPS = ("model", "method", "task", "trainer", "tracker", "paths", "debug", "recipe")
 
 
 def _options(group: str) -> list[str]:
@@ -30,8 +30,11 @@ def test_every_group_member_composes(compose, group, option):
     cfg = compose(overrides)
     resolved = _resolved(cfg)
     assert resolved["model"]["name"] and resolved["task"]["name"]
-    instantiate(cfg.logger)
-    instantiate(cfg.task, _convert_="all")
+    instantiate(cfg.tracker)
+    try:
+        instantiate(cfg.task, _convert_="all")
+    except InstantiationException as err:  # a task whose data the user must name (e.g. DreamBooth's images)
+        assert "is required" in str(err.__cause__) and "task." in str(err.__cause__), err
     instantiate(cfg.method, _convert_="all")
 
 
@@ -47,7 +50,7 @@ def test_every_experiment_composes(compose, experiment):
 def test_defaults_are_the_paper_c3a_base_setting(compose):
     cfg = compose(["task=mrpc"])
     assert cfg.model.name == "roberta-base" and cfg.method.name == "c3a" and cfg.method.b == 6
-    # PAPER.md §3, MRPC column: 80 epochs, batch 128, adapter LR 3e-1, head LR 4e-6
+    # docs/paper.md §3, MRPC column: 80 epochs, batch 128, adapter LR 3e-1, head LR 4e-6
     assert (cfg.trainer.epochs, cfg.trainer.batch_size) == (80, 128)
     assert cfg.trainer.lr_adapter == pytest.approx(0.3) and cfg.trainer.lr_head == pytest.approx(4e-6)
     assert cfg.trainer.warmup_ratio == pytest.approx(0.06) and cfg.trainer.scheduler == "linear"
@@ -74,3 +77,28 @@ def test_misspelt_key_is_an_error(compose, override):
 def test_unknown_group_option_lists_choices(compose):
     with pytest.raises(ConfigCompositionException, match="Available options"):
         compose(["method=loraa"])
+
+
+def test_learning_rates_do_not_depend_on_the_order_of_the_defaults_list(tmp_path):
+    """Swap task and method in the defaults list: every method keeps its own per-task learning rates."""
+    import shutil
+
+    from hydra import compose, initialize_config_dir
+
+    swapped = tmp_path / "conf"
+    shutil.copytree(CONF, swapped)
+    text = (swapped / "config.yaml").read_text()
+    task_line = next(line for line in text.splitlines() if line.strip().startswith("- task:"))
+    method_line = next(line for line in text.splitlines() if line.strip().startswith("- method:"))
+    text = text.replace(task_line, "@@TASK@@").replace(method_line, task_line).replace("@@TASK@@", method_line)
+    (swapped / "config.yaml").write_text(text)
+
+    def learning_rates(conf_dir, overrides):
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose("config", overrides=overrides)
+        return cfg.trainer.lr_adapter, cfg.trainer.lr_head, cfg.trainer.epochs
+
+    for overrides in (["task=mrpc"], ["task=rte", "method=lora"], ["task=stsb", "method=vera"],
+                      ["experiment=table2/large_c3a_b8", "task=qnli"]):
+        assert learning_rates(CONF, overrides) == learning_rates(swapped, overrides), overrides
+    assert learning_rates(swapped, ["task=mrpc"])[:2] == (pytest.approx(0.3), pytest.approx(4e-6))
