@@ -1,5 +1,9 @@
 # C3A-PEFT: `make help` lists the targets.
-PYTHON ?= python
+# Everything runs in a project virtual environment (.venv), so `make install` works on systems whose Python
+# refuses global installs (PEP 668). Use another interpreter with `make … PYTHON=/path/to/python`.
+SYSTEM_PYTHON ?= python3
+VENV ?= .venv
+PYTHON ?= $(VENV)/bin/python
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export WANDB_MODE ?= offline
@@ -11,9 +15,12 @@ export TOKENIZERS_PARALLELISM ?= false
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
 
-install: ## Install the CPU torch wheel, then the package with all extras
+$(VENV)/bin/python:
+	$(SYSTEM_PYTHON) -m venv $(VENV)
+
+install: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python) ## Make .venv; install the CPU torch wheel, then the package with all extras
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev,wandb,sweeps,plots]"
+	$(PYTHON) -m pip install -e ".[dev,wandb,sweeps,plots,diffusion]"
 
 test: ## Run the tests (without the slow ones), offline
 	$(PYTHON) -m pytest -m "not slow" -q
