@@ -9,11 +9,13 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from c3a.config import C3AConfig
 from c3a.layer import C3ALinear
-from c3a.model import (C3AMethod, active_adapters, add_c3a, c3a_layers, disable_adapters, enable_adapters,
-                       load_c3a, merge_adapters, merge_and_unload, plan_c3a, save_c3a, set_adapters,
-                       unmerge_adapters)
+from c3a.adapter import (active_adapters, add_c3a, c3a_layers, disable_adapters, enable_adapters, load_c3a,
+                         merge_adapters, merge_and_unload, plan_c3a, save_c3a, set_adapters, unmerge_adapters)
+from framework.c3a_method import C3AMethod
+from framework.method import Head
 
 HEAD = ["classifier"]
+CLASSIFIER = Head(HEAD)  # the framework's view of the same head: it trains
 QV = ["query", "value"]
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -139,7 +141,7 @@ def test_load_rejects_mismatched_model(tmp_path):
 
 def test_bf16_model_trains_one_step_with_fp32_kernels(inputs):
     model = tiny_roberta().to(torch.bfloat16).train()
-    adapted = C3AMethod(block_size=16, target_modules=QV).apply(model, HEAD)
+    adapted = C3AMethod(block_size=16, target_modules=QV).apply(model, CLASSIFIER)
     kernels = [p for _, p in adapted.adapter]
     assert kernels and all(k.dtype == torch.float32 for k in kernels)
     before = [k.detach().clone() for k in kernels]
@@ -155,7 +157,7 @@ def test_bf16_model_trains_one_step_with_fp32_kernels(inputs):
 def test_method_apply_freezes_all_but_kernels_and_head():
     model = tiny_roberta()
     method = C3AMethod(b=2, target_modules=QV)
-    adapted = method.apply(model, HEAD)
+    adapted = method.apply(model, CLASSIFIER)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {n for n, _ in adapted.head} == {n for n in trainable if n.startswith("classifier.")}
     assert {n for n, _ in adapted.adapter} == {n for n in trainable if ".c3a_kernel." in n}
@@ -169,9 +171,9 @@ def test_method_apply_freezes_all_but_kernels_and_head():
 def test_method_validate_raises_before_compute():
     model = tiny_roberta()
     with pytest.raises(ValueError, match="b=3"):
-        C3AMethod(b=3, target_modules=QV).validate(model, HEAD)
-    with pytest.raises(ValueError, match="match no parameter"):
-        C3AMethod(b=1, target_modules=QV).validate(model, ["score"])
+        C3AMethod(b=3, target_modules=QV).validate(model, CLASSIFIER)
+    with pytest.raises(ValueError, match="match no module"):
+        C3AMethod(b=1, target_modules=QV).validate(model, Head(["score"]))
     assert not c3a_layers(model)
 
 
@@ -180,21 +182,22 @@ def _compose_method(overrides):
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    # the method file is a _global_ package: its `method:` node is what the pipeline instantiates
     with initialize_config_dir(config_dir=str(CONF / "method"), version_base=None):
         cfg = compose(config_name="c3a", overrides=overrides)
-    cfg = OmegaConf.merge({"model": {"targets": {"attention": QV}}}, {"method": cfg})
+    cfg = OmegaConf.merge({"model": {"targets": {"attention": QV}}}, cfg)
     return instantiate(cfg.method)
 
 
 def test_hydra_entry_both_notations():
-    assert _compose_method(["b=6"]).describe()["label"] == "C3A b=6"
-    by_size = _compose_method(["block_size=128", "b=null"])
+    assert _compose_method(["method.b=6"]).describe()["label"] == "C3A b=6"
+    by_size = _compose_method(["method.block_size=128", "method.b=null"])
     assert by_size.describe()["label"] == "C3A block=128" and by_size.config.target_modules == QV
     with pytest.raises(Exception, match="method.b=null"):
-        _compose_method(["block_size=128"])
-    pattern = _compose_method(["block_size=16", "b=null", "+block_size_pattern={value: 8}"])
+        _compose_method(["method.block_size=128"])
+    pattern = _compose_method(["method.block_size=16", "method.b=null", "+method.block_size_pattern={value: 8}"])
     model = tiny_roberta()
-    pattern.apply(model, HEAD)
+    pattern.apply(model, CLASSIFIER)
     sizes = {n.rsplit(".", 1)[1]: m.block_size["default"] for n, m in c3a_layers(model).items()}
     assert sizes == {"query": 16, "value": 8}
 
@@ -209,7 +212,7 @@ def roberta_base_meta():
 @pytest.mark.parametrize("b, block, count", [(1, 768, 18_432), (6, 128, 110_592)])
 def test_paper_parameter_counts_roberta_base(roberta_base_meta, b, block, count):
     model = copy.deepcopy(roberta_base_meta)
-    adapted = C3AMethod(b=b, target_modules=QV).apply(model, HEAD)
+    adapted = C3AMethod(b=b, target_modules=QV).apply(model, CLASSIFIER)
     assert adapted.num_adapter_params() == count
     layers = c3a_layers(model)
     assert len(layers) == 24 and all(isinstance(m, C3ALinear) for m in layers.values())

@@ -8,8 +8,8 @@ import torch
 from transformers import RobertaConfig, RobertaForSequenceClassification
 
 from c3a.config import C3AConfig
-from c3a.model import active_adapters, add_c3a, c3a_layers
-from c3a.peft_integration import config_from_peft, export_peft_c3a, load_peft_c3a
+from c3a.adapter import active_adapters, add_c3a, c3a_layers
+from c3a.peft_conversion import config_from_peft, export_peft_c3a, load_peft_c3a
 
 QV = ["query", "value"]
 HEAD = ["classifier"]

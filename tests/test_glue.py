@@ -18,9 +18,10 @@ import sklearn.metrics
 import torch
 import torch.nn.functional as F
 
-from c3a.tasks import glue_data
-from c3a.tasks.glue import METRIC_DIR, GlueTask
-from c3a.tasks.glue_data import GLUE_TASKS, read_glue_tsv
+from framework import hub
+from framework.tasks.base import HeadSpec
+from framework.tasks.glue import METRIC_DIR, GlueTask
+from framework.tasks.glue_data import GLUE_TASKS, read_glue_tsv
 
 DATA = Path(__file__).parent / "data" / "glue"
 REPO = Path(__file__).resolve().parents[1]
@@ -223,16 +224,16 @@ def test_sentence_pairs_truncation_and_dynamic_padding(tmp_path, tokenizer):
     assert row["input_ids"] == direct["input_ids"] and row["token_type_ids"] == direct["token_type_ids"]
     short = make_task("rte", tmp_path, max_length=8).splits(tokenizer)
     assert max(len(r) for r in _rows(short["train"])) == 8
-    collate = make_task("rte", tmp_path).collate(tokenizer)
-    batch = collate([splits["test"][0], splits["test"][1]])
+    rte = make_task("rte", tmp_path)
+    batch = rte.collate(tokenizer, "test")([splits["test"][0], splits["test"][1]])
     lengths = [len(splits["test"][i]["input_ids"]) for i in (0, 1)]
     assert batch["input_ids"].shape == (2, max(lengths))
     assert batch["attention_mask"].sum(dim=1).tolist() == lengths
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [0, 1]
-    loader = torch.utils.data.DataLoader(splits["train"], batch_size=5, collate_fn=collate)
+    loader = torch.utils.data.DataLoader(splits["train"], batch_size=5, collate_fn=rte.collate(tokenizer, "train"))
     assert all(b["input_ids"].shape[1] == int(b["attention_mask"].sum(1).max()) for b in loader)
     sts = make_task("stsb", tmp_path)
-    batch = sts.collate(tokenizer)([sts.splits(tokenizer)["test"][0]])
+    batch = sts.collate(tokenizer, "test")([sts.splits(tokenizer)["test"][0]])
     assert batch["labels"].dtype == torch.float32 and batch["labels"].item() == pytest.approx(4.8)
 
 
@@ -263,13 +264,17 @@ def test_hub_rows_map_like_local_files(tmp_path, tokenizer, monkeypatch):
 
 
 def test_unreachable_hub_fails_fast_with_data_dir_hint(tmp_path, tokenizer, monkeypatch):
-    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+    for name in hub.OFFLINE_VARIABLES:
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(glue_data, "hub_reachable", lambda endpoint, timeout_s=3.0: False)
+    assert not hub.offline()
+    really_reachable = hub.reachable
+    monkeypatch.setattr(hub, "reachable", lambda timeout_s=3.0: False)
     with pytest.raises(ConnectionError, match=r"task.data_dir=/path/to/GLUE/RTE"):
         GlueTask("rte", cache_dir=str(tmp_path)).splits(tokenizer)
+    # the real check gives up within its timeout on an endpoint that does not answer
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
     start = time.monotonic()
-    assert glue_data.hub_reachable("http://127.0.0.1:9", timeout_s=2.0) is False
+    assert really_reachable(timeout_s=2.0) is False
     assert time.monotonic() - start < 3
 
 
@@ -277,7 +282,7 @@ def test_offline_hub_without_cache_fails_within_seconds(tmp_path):
     # a fresh process: huggingface_hub reads the offline flags when it is imported
     script = textwrap.dedent(f"""
         import time
-        from c3a.tasks.glue import GlueTask
+        from framework.tasks.glue import GlueTask
         task = GlueTask("rte", cache_dir={str(tmp_path / 'cache')!r})
         start = time.monotonic()
         try:
@@ -299,14 +304,52 @@ def test_offline_hub_without_cache_fails_within_seconds(tmp_path):
 # ------------------------------------------------------- head, loss, metrics
 def test_head_and_loss(tmp_path):
     rte, sts = make_task("rte", tmp_path), make_task("stsb", tmp_path)
-    assert rte.head().num_labels == 2 and rte.head().problem_type == "single_label_classification"
-    assert sts.head().num_labels == 1 and sts.head().problem_type == "regression"
+    assert rte.head() == HeadSpec(model_kwargs={"num_labels": 2, "problem_type": "single_label_classification"},
+                                  trains=True)
+    assert sts.head() == HeadSpec(model_kwargs={"num_labels": 1, "problem_type": "regression"}, trains=True)
     logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
     assert torch.allclose(rte.loss(logits, labels), F.cross_entropy(logits, labels))
     scores, targets = torch.randn(4, 1), torch.tensor([0.5, 4.0, 2.2, 3.1])
     assert torch.allclose(sts.loss(scores, targets), F.mse_loss(scores[:, 0], targets))
     with pytest.raises(ValueError, match=r"expected logits \(batch, 2\)"):
         rte.loss(torch.randn(4, 3), labels)
+
+
+def tiny_classifier(tokenizer, num_labels: int):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=512, num_labels=num_labels)
+    return BertForSequenceClassification(config).eval()
+
+
+@pytest.mark.parametrize("name", ["rte", "stsb"])
+def test_training_loss_and_evaluate_use_the_model_outputs(tmp_path, tokenizer, name):
+    """The trainer's two calls: the loss of a batch, and a split's metrics gathered by accelerate."""
+    from framework.trainer import TrainerSettings, make_accelerator
+
+    task = make_task(name, tmp_path, split="dev")
+    test = task.splits(tokenizer)["test"]
+    model = tiny_classifier(tokenizer, task.spec.num_labels)
+    batch = task.collate(tokenizer, "train")([test[i] for i in range(3)])
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    expected = (F.mse_loss(logits[:, 0], batch["labels"]) if name == "stsb"
+                else F.cross_entropy(logits, batch["labels"]))
+    assert torch.allclose(task.training_loss(model, batch), expected)
+
+    # a last partial batch (4 rows in batches of 3), which gather_for_metrics must not pad into the metric
+    loader = torch.utils.data.DataLoader(test, batch_size=3, collate_fn=task.collate(tokenizer, "test"))
+    with torch.no_grad():
+        outputs = [(model(**{k: v for k, v in b.items() if k != "labels"}).logits, b["labels"]) for b in loader]
+    all_logits, all_labels = torch.cat([o for o, _ in outputs]), torch.cat([t for _, t in outputs])
+    assert len(all_labels) == len(test) == 4
+    accelerator = make_accelerator(TrainerSettings(device="cpu"))
+    prepared, prepared_loader = accelerator.prepare(model, loader)
+    with torch.no_grad():
+        got = task.evaluate(prepared, prepared_loader, accelerator)
+    assert task.selection_metric in got and all(type(v) is float for v in got.values())
+    assert got == pytest.approx(task.compute_metrics(all_logits.numpy(), all_labels.numpy()), abs=1e-9)
 
 
 def test_metrics_equal_sklearn_and_scipy(tmp_path):

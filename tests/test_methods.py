@@ -14,10 +14,12 @@ import pytest
 import torch
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from transformers import RobertaConfig, RobertaForSequenceClassification
+from transformers import RobertaConfig, RobertaForCausalLM, RobertaForSequenceClassification
+
+from framework.method import Head
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-HEAD = ["classifier"]
+HEAD = Head(["classifier"])
 
 
 def build_method(name: str, **overrides):
@@ -30,12 +32,19 @@ def build_method(name: str, **overrides):
     return instantiate(cfg.method, _convert_="all")
 
 
+TINY = dict(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+            max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+
+
 def tiny_model(dtype=torch.float32, seed: int = 0) -> RobertaForSequenceClassification:
     torch.manual_seed(seed)
-    config = RobertaConfig(vocab_size=100, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, max_position_embeddings=40, hidden_dropout_prob=0.0,
-                           attention_probs_dropout_prob=0.0, num_labels=2)
-    return RobertaForSequenceClassification(config).to(dtype)
+    return RobertaForSequenceClassification(RobertaConfig(**TINY, num_labels=2)).to(dtype)
+
+
+def tiny_causal_lm(seed: int = 0) -> RobertaForCausalLM:
+    """A causal LM whose ``lm_head.decoder`` is tied to the word embeddings, as in many LLMs."""
+    torch.manual_seed(seed)
+    return RobertaForCausalLM(RobertaConfig(**TINY, is_decoder=True))
 
 
 def batch(seed: int = 1):
@@ -67,18 +76,18 @@ def peft_disabled(model):
 
 
 def c3a_merge(model):
-    from c3a.model import merge_adapters
+    from c3a.adapter import merge_adapters
     merge_adapters(model)
 
 
 def c3a_unmerge(model):
-    from c3a.model import unmerge_adapters
+    from c3a.adapter import unmerge_adapters
     unmerge_adapters(model)
 
 
 @contextmanager
 def c3a_disabled(model):
-    from c3a.model import disable_adapters, enable_adapters
+    from c3a.adapter import disable_adapters, enable_adapters
     disable_adapters(model)
     try:
         yield
@@ -277,5 +286,40 @@ def test_bad_types_raise_clearly(name, overrides):
 @pytest.mark.parametrize("name", METHODS)
 def test_missing_head_is_an_error(name):
     method = build_method(name, **SPECS[name][0])
-    with pytest.raises(ValueError, match="match no parameter"):
-        method.validate(tiny_model(), ["no_such_head"])
+    with pytest.raises(ValueError, match="match no module"):
+        method.validate(tiny_model(), Head(["no_such_head"]))
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_frozen_head_stays_frozen_and_outside_both_groups(name):
+    """A causal LM's ``lm_head`` does not train (``Head(..., trains=False)``): whatever the method, its
+    parameters (the word embeddings too, which it is tied to) stay frozen and in neither group."""
+    overrides, should_train, *_ = SPECS[name]
+    model = tiny_causal_lm()
+    lm_head = Head(["lm_head"], trains=False)
+    head_ids = {id(p) for n, p in model.named_parameters(remove_duplicate=False) if n.split(".")[0] == "lm_head"}
+    assert id(model.roberta.embeddings.word_embeddings.weight) in head_ids  # the tie this test relies on
+    head_before = {id(p): p.detach().clone() for p in model.parameters() if id(p) in head_ids}
+
+    adapted = build_method(name, **overrides).apply(model, lm_head)
+    assert adapted.head == [] and adapted.num_head_params() == 0
+    assert not {id(p) for _, p in adapted.adapter} & head_ids
+    params = dict(adapted.model.named_parameters())
+    assert all(not p.requires_grad for p in params.values() if id(p) in head_ids)
+    expected = {n for n, p in params.items() if id(p) not in head_ids and should_train(n)}
+    assert {n for n, _ in adapted.adapter} == expected
+    assert {n for n, p in params.items() if p.requires_grad} == expected
+
+    if name == "head":  # a frozen head leaves head-only training nothing: the trainer refuses it
+        assert not expected
+        return
+    assert expected
+    optimizer = torch.optim.AdamW([p for _, p in adapted.adapter], lr=1e-2)
+    inputs = batch(seed=11)
+    loss = adapted.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
+                         labels=inputs["input_ids"]).loss
+    loss.backward()
+    optimizer.step()
+    for p in adapted.model.parameters():
+        if id(p) in head_ids:
+            assert p.grad is None and torch.equal(p, head_before[id(p)])
