@@ -14,6 +14,9 @@ class HeadOnlyMethod(Method):
 
     def validate(self, model: nn.Module, head: Head) -> None:
         check_head(model, head)
+        if not head.trains:
+            raise ValueError(f"head-only training with a frozen head {list(head.modules)} trains nothing (the task "
+                             f"keeps its head frozen, e.g. a causal LM's lm_head); choose another method")
 
     def apply(self, model: nn.Module, head: Head) -> Adapted:
         self.validate(model, head)

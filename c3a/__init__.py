@@ -1,7 +1,7 @@
 """C3A: parameter-efficient fine-tuning with block-circulant adapters (circular convolution).
 
-The public API is exported lazily so that ``import framework.results`` (and the other light modules) does
-not pay for importing torch.
+The public API is exported lazily: ``import c3a`` pays for torch only when a name is used. The adapter
+imports nothing from the experiment framework (``framework/``), which uses it like any other method.
 """
 from __future__ import annotations
 

@@ -4,7 +4,9 @@ A pipeline only ever calls ``method.validate(model, head)`` (before any compute)
 ``method.apply(model, head)``; it never looks at which method it holds. Methods are built from
 ``conf/method/*.yaml`` with ``hydra.utils.instantiate`` (``_target_`` names the class), so there is
 no name registry to keep in sync. ``head`` says which modules form the task head and whether they
-train: a classifier trains with its own learning rate, a causal LM's ``lm_head`` stays frozen.
+train: a classifier trains with its own learning rate, a causal LM's ``lm_head`` stays frozen. A frozen
+head tied to the input embeddings (many causal LMs) freezes those embeddings too, even under full
+fine-tuning: they are one tensor.
 """
 from __future__ import annotations
 

@@ -1,0 +1,40 @@
+"""The adapter (``c3a``) is a library on its own: importing and using it loads no framework package."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+FRAMEWORK_PACKAGES = ("framework", "baselines", "hydra", "omegaconf", "accelerate", "datasets", "evaluate", "wandb")
+
+USE_THE_ADAPTER = """
+import sys
+import torch
+from torch import nn
+import c3a
+from c3a import C3AConfig, add_c3a, merge_and_unload, save_c3a, load_c3a
+import c3a.circulant, c3a.config, c3a.layer, c3a.adapter, c3a.peft_conversion
+model = nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16))
+add_c3a(model, C3AConfig(target_modules=["0", "2"], block_size=8))
+model(torch.randn(4, 32)).sum().backward()
+save_c3a(model, sys.argv[1])
+load_c3a(nn.Sequential(nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 16)), sys.argv[1])
+merge_and_unload(model)
+print(" ".join(sorted(name for name in sys.modules if name.split(".")[0] in {packages})))
+"""
+
+
+def test_the_adapter_imports_nothing_from_the_framework(tmp_path):
+    code = USE_THE_ADAPTER.replace("{packages}", repr(set(FRAMEWORK_PACKAGES)))
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "adapter")], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "", f"the adapter pulled in: {proc.stdout.strip()}"
+
+
+def test_no_adapter_module_names_the_framework():
+    for path in sorted((ROOT / "c3a").rglob("*.py")):
+        text = path.read_text()
+        for package in ("framework", "baselines", "hydra", "accelerate"):
+            assert f"import {package}" not in text and f"from {package}" not in text, (path, package)
