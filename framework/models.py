@@ -1,7 +1,8 @@
 """The one model builder: a model entry (``conf/model/*.yaml``) × a task's model kind → a model.
 
 A model entry says where the weights come from (Hub id, local folder, ``package:<module>/<subdir>``
-for weights shipped inside a pip package, optionally a ``gguf_file`` in it, or ``null`` to build the
+for weights shipped inside a pip package, optionally a ``gguf_file`` in it (converted once to a
+safetensors folder by ``framework.gguf_cache``), or ``null`` to build the
 ``architecture`` with random weights), which modules are its head for each model kind it supports,
 and its adapter targets. Every caller builds through here: the pipeline (real model and the weightless
 skeleton that methods are validated on), ``make params`` and ``make memory``.
@@ -92,20 +93,29 @@ def head_modules(model_cfg: Mapping[str, Any], kind: str) -> list[str]:
     return list(heads[kind])
 
 
-def _source_kwargs(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    gguf = model_cfg.get("gguf_file")
-    return {"gguf_file": gguf} if gguf else {}
+def _converted(model_cfg: Mapping[str, Any], source: str | None) -> str | None:
+    """An entry with ``gguf_file`` loads weights and tokenizer from its safetensors conversion (made once)."""
+    if source is None or not model_cfg.get("gguf_file"):
+        return source
+    from framework.gguf_cache import converted_folder
+
+    return str(converted_folder(source, model_cfg["gguf_file"]))
+
+
+def weights_source(model_cfg: Mapping[str, Any]) -> str | None:
+    """Where the weights load from (None: build ``architecture`` with random weights)."""
+    return _converted(model_cfg, resolve_source(model_cfg.get("pretrained")))
 
 
 def model_config(model_cfg: Mapping[str, Any], head: HeadSpec):
     """The transformers config of the entry with the task's head: from ``architecture``, or the source's."""
     from transformers import AutoConfig
 
-    source = resolve_source(model_cfg.get("pretrained"))
+    source = weights_source(model_cfg)
     if source is None:
         arch = {k: v for k, v in dict(model_cfg["architecture"]).items() if v is not None}
         return AutoConfig.for_model(arch.pop("model_type"), **arch, **dict(head.model_kwargs))
-    return AutoConfig.from_pretrained(source, **_source_kwargs(model_cfg), **dict(head.model_kwargs))
+    return AutoConfig.from_pretrained(source, **dict(head.model_kwargs))
 
 
 def _resolve(target: str) -> Any:
@@ -127,7 +137,7 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, head: HeadSpec, weights
     if not hasattr(builder, "from_config"):  # a kind made of several models (diffusion)
         return builder(model_cfg, head, weights)
     dtype = DTYPES[model_cfg.get("dtype", "float32")]
-    source = resolve_source(model_cfg.get("pretrained"))
+    source = weights_source(model_cfg)
     if weights == "meta":
         with torch.device("meta"):
             return builder.from_config(model_config(model_cfg, head))
@@ -136,7 +146,7 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, head: HeadSpec, weights
             model_cfg = {**dict(model_cfg), "pretrained": None}
         return builder.from_config(model_config(model_cfg, head)).to(dtype)
     try:
-        return builder.from_pretrained(source, dtype=dtype, **_source_kwargs(model_cfg), **dict(head.model_kwargs))
+        return builder.from_pretrained(source, dtype=dtype, **dict(head.model_kwargs))
     except OSError as err:
         if Path(source).exists():
             raise
@@ -154,9 +164,9 @@ def build_processor(model_cfg: Mapping[str, Any], kind: str):
     if source is None:
         raise ValueError(f"model {model_cfg.get('name')!r} has no {kind}: set model.{key} to a Hub id or folder")
     loader: Callable = _resolve(PROCESSORS[kind]).from_pretrained
-    kwargs = _source_kwargs(model_cfg) if source == resolve_source(model_cfg.get("pretrained")) else {}
+    source = _converted(model_cfg, source) if kind == "tokenizer" else source
     try:
-        return loader(source, **kwargs)
+        return loader(source)
     except OSError as err:
         if Path(source).exists():
             raise
