@@ -1,4 +1,4 @@
-"""The PEFT-library baselines of Table 2: LoRA, VeRA, BOFT and (IA)3.
+"""The PEFT-library baselines: LoRA, VeRA, BOFT and (IA)3 (Table 2), DoRA (Tables 3 and 4).
 
 One shared base builds a PEFT config, checks it against the model before any compute, wraps the
 model with ``get_peft_model`` (no ``task_type``: the head is ours, not PEFT's ``modules_to_save``) and
@@ -128,6 +128,28 @@ class LoRAMethod(PeftMethod):
 
     def label(self) -> str:
         return f"LoRA r={self.r}"
+
+
+class DoRAMethod(LoRAMethod):
+    """DoRA: LoRA's update applied to the direction of W, plus a trained magnitude vector (d_out per layer).
+
+    PEFT's LoRA with ``use_dora=True``; trainable: r(d_in + d_out) + d_out per layer.
+    """
+
+    name = "dora"
+
+    def __init__(self, target_modules, r: int = 8, lora_alpha: float = 8, lora_dropout: float = 0.0,
+                 name: str = "dora"):
+        super().__init__(target_modules, r=r, lora_alpha=lora_alpha, lora_dropout=lora_dropout, name=name)
+
+    def peft_config(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout,
+                          target_modules=self.target_modules, use_dora=True)
+
+    def label(self) -> str:
+        return f"DoRA r={self.r}"
 
 
 class VeRAMethod(PeftMethod):
