@@ -102,6 +102,8 @@ def is_bias(name: str) -> bool:
 # name -> (config overrides, "should this non-head parameter train?", merge, unmerge, disable)
 SPECS = {
     "lora": ({"r": 4}, lambda n: ".lora_A." in n or ".lora_B." in n, peft_merge, peft_unmerge, peft_disabled),
+    "dora": ({"r": 4}, lambda n: any(f".{k}." in n for k in ("lora_A", "lora_B", "lora_magnitude_vector")),
+             peft_merge, peft_unmerge, peft_disabled),
     "vera": ({"r": 16}, lambda n: ".vera_lambda_" in n, peft_merge, peft_unmerge, peft_disabled),
     "boft": ({}, lambda n: ".boft_R." in n or ".boft_s." in n, peft_merge, peft_unmerge, peft_disabled),
     "ia3": ({}, lambda n: ".ia3_l." in n, peft_merge, peft_unmerge, peft_disabled),
@@ -111,7 +113,7 @@ SPECS = {
     "head": ({}, lambda n: False, None, None, None),
 }
 # layers each adapter method must reach: query/value for the attention methods, all six for (IA)3
-ADAPTED_LAYERS = {"lora": 4, "vera": 4, "boft": 4, "c3a": 4, "ia3": 12}
+ADAPTED_LAYERS = {"lora": 4, "dora": 4, "vera": 4, "boft": 4, "c3a": 4, "ia3": 12}
 METHODS = list(SPECS)
 MERGEABLE = [m for m in METHODS if SPECS[m][2] is not None]
 
@@ -163,7 +165,7 @@ def test_only_intended_parameters_train(name):
     expected = {n for n, _ in model.named_parameters() if n not in head_names and should_train(n)}
     assert adapter_names == expected
     if name in ADAPTED_LAYERS:
-        layers = {re.sub(r"\.(lora_[AB]|vera_lambda_[bd]|boft_[Rs]|ia3_l|c3a_kernel)\..*", "", n)
+        layers = {re.sub(r"\.(lora_[AB]|lora_magnitude_vector|vera_lambda_[bd]|boft_[Rs]|ia3_l|c3a_kernel)\..*", "", n)
                   for n in adapter_names}
         assert len(layers) == ADAPTED_LAYERS[name], sorted(layers)
     if name == "head":
