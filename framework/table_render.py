@@ -1,21 +1,31 @@
-"""Table 2 rendered as Markdown, LaTeX (booktabs), a tidy CSV of runs and a Figure-1-like plot.
+"""A paper table rendered as Markdown, LaTeX (booktabs), a tidy CSV of runs and an average-vs-cost plot.
 
-Markdown puts the paper's number and our difference beside every cell; LaTeX keeps only the difference
-(compact). Every marker in a cell is explained in a footnote under its table.
+The columns follow the table's spec (:mod:`framework.experiments`): model, method, params, memory (when the
+spec has a memory column), one column per task, one per average. Markdown puts the paper's number and our
+difference beside every cell; LaTeX keeps only the difference (compact). Every marker in a cell is
+explained in a footnote under its table.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
-from framework.results import atomic_write_text
-from framework.tables import (DEFAULT_PAPER_CSV, TASK_TITLES, TASKS, Row, Table, build_tables, load_paper,
-                        unplaced_failures)
+from framework.experiments import TableSpec, show_ours
+from framework.io import atomic_write, atomic_write_text
+from framework.tables import Row, Table, build_tables, unplaced_failures
 
 MD_MARKS = {"short": "†", "mixed": "‡", "configs": "§", "partial": "*"}
 TEX_MARKS = {"short": r"\dagger", "mixed": r"\ddagger", "configs": r"\S", "partial": "*"}
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
-HEADER = ["Model", "Method", "Params", "Memory (GiB)", *[TASK_TITLES[t] for t in TASKS], "Avg"]
+#: how a metric key reads in a caption (other keys are shown with spaces for underscores)
+METRIC_WORDS = {"matthews_correlation": "Matthews corr.", "pearson": "Pearson", "spearmanr": "Spearman",
+                "f1": "F1", "exact_match": "exact match"}
+
+
+def header(spec: TableSpec) -> list[str]:
+    return ["Model", "Method", "Params", *(["Memory (GiB)"] if spec.memory else []),
+            *(t.title for t in spec.tasks), *(a.title for a in spec.averages)]
 
 
 def tex_escape(text: str) -> str:
@@ -39,7 +49,9 @@ def _mean_std(mean: float, std: float | None, pm: str) -> str:
 
 
 def _params(row: Row) -> str:
-    return " / ".join(f"{p:,}" for p in sorted(row.params)) if row.params else "—"
+    if not row.params:
+        return "—"
+    return " / ".join(show_ours(row.params_kind, p, row.params_total) for p in sorted(row.params))
 
 
 def _memory(row: Row) -> str:
@@ -51,11 +63,13 @@ def _memory(row: Row) -> str:
 
 def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]:
     """(marker kind or None, plain-text note) for everything marked in ``table``."""
-    short, mixed, configs, partial, failed = [], [], [], [], []
+    spec = table.spec
+    short, mixed, configs, failed = [], [], [], []
+    partial: dict[str, list[str]] = {a.title: [] for a in spec.averages}
     for row in table.rows:
         name = f"{row.model_row} {row.label}"
-        for task in TASKS:
-            cell, where = row.cells[task], f"{name} {TASK_TITLES[task]}"
+        for task in spec.tasks:
+            cell, where = row.cells[task.name], f"{name} {task.title}"
             if cell.short:
                 short.append(f"{where} (n={cell.n}/{cell.expected})")
             if cell.mixed_provenance:
@@ -65,8 +79,9 @@ def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]
                 configs.append(f"{where} ({len(cell.configs)} configs)")
             if cell.failed:
                 failed.append(f"{where} x{cell.failed}")
-        if row.avg_partial:
-            partial.append(f"{name} ({len(row.present_tasks)}/{len(TASKS)} tasks)")
+        for avg in spec.averages:
+            if row.average_partial(avg):
+                partial[avg.title].append(f"{name} ({len(row.present(avg.tasks))}/{len(avg.tasks)} tasks)")
     notes: list[tuple[str | None, str]] = []
     if short:
         notes.append(("short", "fewer completed seeds than configured: " + "; ".join(short)))
@@ -74,46 +89,63 @@ def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]
         notes.append(("mixed", "runs from more than one git commit or package version: " + "; ".join(mixed)))
     if configs:
         notes.append(("configs", "runs of different configs pooled in one cell: " + "; ".join(configs)))
-    if partial:
-        notes.append(("partial", "Avg over the present tasks only: " + "; ".join(partial)))
+    for title, rows in partial.items():
+        if rows:
+            notes.append(("partial", f"{title} over the present tasks only: " + "; ".join(rows)))
     if table.failed:
         notes.append((None, f"{table.failed} failed run(s) excluded from every mean: " + "; ".join(failed)))
     if table.unscored:
-        notes.append((None, f"{len(table.unscored)} completed run(s) lack the Table 2 metric and are excluded: "
-                      + "; ".join(table.unscored)))
+        notes.append((None, f"{len(table.unscored)} completed run(s) lack the {spec.title} metric and are "
+                            "excluded: " + "; ".join(table.unscored)))
     if unplaced:
         notes.append((None, f"{unplaced} failed run(s) without a table for their split protocol."))
     return notes
 
 
+def _metric_words(spec: TableSpec) -> str:
+    """E.g. "Matthews corr. for CoLA, Pearson for STS-B, accuracy otherwise"."""
+    word = lambda metric: METRIC_WORDS.get(metric, metric.replace("_", " "))  # noqa: E731
+    common = Counter(t.metric for t in spec.tasks).most_common(1)[0][0]
+    others = [f"{word(t.metric)} for {t.title}" for t in spec.tasks if t.metric != common]
+    return ", ".join(others + [f"{word(common)} otherwise" if others else word(common)])
+
+
 def caption(table: Table) -> str:
+    spec = table.spec
+    text = (f"{spec.caption}, split protocol: {table.protocol}. Mean ± sample std over seeds "
+            f"(x{spec.scale:g}; {_metric_words(spec)}); trainable parameters exclude the head"
+            + (" (percentages: of all parameters)" if spec.params == "percent" else ""))
+    if not spec.memory:
+        return text + "."
     devices = sorted({r.memory_device for r in table.rows if r.memory_device})
-    memory = (f"peak training memory measured on {', '.join(devices)} (GiB = 2^30 bytes; the paper: GPU, "
-              "256 tokens, batch 64)" if devices else "memory not measured (run `make memory`)")
-    return (f"GLUE test scores at the best validation epoch, split protocol: {table.protocol}. Mean ± sample std "
-            f"over seeds (x100; Matthews corr. for CoLA, Pearson for STS-B, accuracy otherwise); trainable "
-            f"parameters exclude the head; memory: {memory}.")
+    memory = (f"peak training memory measured on {', '.join(devices)} (GiB = 2^30 bytes; {spec.memory})"
+              if devices else "memory not measured (run `make memory`)")
+    return f"{text}; memory: {memory}."
 
 
-def _md_row(row: Row) -> list[str]:
-    paper_params, paper_mem = row.paper_value("params"), row.paper_value("memory_gb")
+def _with_paper(text: str, ours: float | None, paper: float | None) -> str:
+    if paper is None:
+        return text
+    return text + (f" (paper {paper:.2f})" if ours is None else f" (paper {paper:.2f}, Δ {ours - paper:+.2f})")
+
+
+def _md_row(row: Row, spec: TableSpec) -> list[str]:
     cells = [row.model_row, row.label,
-             _params(row) + (f" (paper {paper_params:,.0f})" if paper_params is not None else ""),
-             _memory(row) + (f" (paper {paper_mem:.2f})" if paper_mem is not None else "")]
-    for task in TASKS:
+             _params(row) + (f" (paper {row.paper_params.show()})" if row.paper_params is not None else "")]
+    if spec.memory:
+        paper_mem = row.paper_value("memory_gb")
+        cells.append(_memory(row) + (f" (paper {paper_mem:.2f})" if paper_mem is not None else ""))
+    for task in spec.task_names:
         cell = row.cells[task]
         if cell.mean is None:
-            cells.append("—" + (f" (paper {cell.paper_mean:.2f})" if cell.paper_mean is not None else ""))
+            cells.append(_with_paper("—", None, cell.paper_mean))
             continue
         text = _mean_std(cell.mean, cell.std, "±") + "".join(MD_MARKS[k] for k in _cell_marks(cell))
-        if cell.paper_mean is not None:
-            text += f" (paper {cell.paper_mean:.2f}, Δ {cell.delta:+.2f})"
-        cells.append(text)
-    avg, paper_avg = row.avg, row.paper_value("avg")
-    text = "—" if avg is None else f"{avg:.2f}" + (MD_MARKS["partial"] if row.avg_partial else "")
-    if avg is not None and paper_avg is not None:
-        text += f" (paper {paper_avg:.2f}, Δ {avg - paper_avg:+.2f})"
-    cells.append(text)
+        cells.append(_with_paper(text, cell.mean, cell.paper_mean))
+    for avg in spec.averages:
+        ours = row.average(avg)
+        text = "—" if ours is None else f"{ours:.2f}" + (MD_MARKS["partial"] if row.average_partial(avg) else "")
+        cells.append(text if ours is None else _with_paper(text, ours, row.paper_value(avg.name)))
     return cells
 
 
@@ -121,9 +153,11 @@ def render_markdown(tables: list[Table], unplaced: int = 0) -> str:
     """Every table under a heading naming its protocol, footnotes below each."""
     out = []
     for table in tables:
-        out += [f"### Table 2 — protocol: {table.protocol}", "", caption(table), "",
-                "| " + " | ".join(HEADER) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(HEADER) - 2)) + "|"]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _md_row(row)) + " |" for row in table.rows]
+        cols = header(table.spec)
+        out += [f"### {table.spec.title} — protocol: {table.protocol}", "", caption(table), "",
+                "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _md_row(row, table.spec)) + " |"
+                for row in table.rows]
         notes = table_notes(table, unplaced)
         if notes:
             out.append("")
@@ -132,22 +166,25 @@ def render_markdown(tables: list[Table], unplaced: int = 0) -> str:
     return "\n".join(out)
 
 
-def _tex_row(row: Row) -> list[str]:
-    cells = [tex_escape(row.model_row), tex_escape(row.label), tex_escape(_params(row)), tex_escape(_memory(row))]
-    for task in TASKS:
+def _tex_delta(ours: float | None, paper: float | None) -> str:
+    return "" if ours is None or paper is None else rf" {{\scriptsize ({ours - paper:+.2f})}}"
+
+
+def _tex_row(row: Row, spec: TableSpec) -> list[str]:
+    cells = [tex_escape(row.model_row), tex_escape(row.label), tex_escape(_params(row))]
+    if spec.memory:
+        cells.append(tex_escape(_memory(row)))
+    for task in spec.task_names:
         cell = row.cells[task]
         if cell.mean is None:
             cells.append("--")
             continue
         text = _mean_std(cell.mean, cell.std, r"$\pm$") + _tex_marks(_cell_marks(cell))
-        if cell.delta is not None:
-            text += rf" {{\scriptsize ({cell.delta:+.2f})}}"
-        cells.append(text)
-    avg, paper_avg = row.avg, row.paper_value("avg")
-    text = "--" if avg is None else f"{avg:.2f}" + _tex_marks(["partial"] if row.avg_partial else [])
-    if avg is not None and paper_avg is not None:
-        text += rf" {{\scriptsize ({avg - paper_avg:+.2f})}}"
-    cells.append(text)
+        cells.append(text + _tex_delta(cell.mean, cell.paper_mean))
+    for avg in spec.averages:
+        ours = row.average(avg)
+        text = "--" if ours is None else f"{ours:.2f}" + _tex_marks(["partial"] if row.average_partial(avg) else [])
+        cells.append(text + _tex_delta(ours, row.paper_value(avg.name)))
     return cells
 
 
@@ -155,16 +192,17 @@ def render_latex(tables: list[Table], unplaced: int = 0) -> str:
     """One booktabs ``table`` per protocol; parenthesised numbers are our difference to the paper."""
     out = []
     for table in tables:
+        cols = header(table.spec)
         out += [r"\begin{table*}[t]", r"\centering", r"\small",
                 rf"\caption{{{tex_escape(caption(table))} Small numbers: difference to the paper.}}",
-                r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(HEADER) - 2) + "}", r"\toprule",
-                " & ".join(tex_escape(h) for h in HEADER) + r" \\", r"\midrule"]
+                r"\resizebox{\textwidth}{!}{%", r"\begin{tabular}{ll" + "r" * (len(cols) - 2) + "}", r"\toprule",
+                " & ".join(tex_escape(h) for h in cols) + r" \\", r"\midrule"]
         previous = None
         for row in table.rows:
             if previous is not None and row.model_row != previous:
                 out.append(r"\midrule")
             previous = row.model_row
-            out.append(" & ".join(_tex_row(row)) + r" \\")
+            out.append(" & ".join(_tex_row(row, table.spec)) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}}"]
         for kind, text in table_notes(table, unplaced):
             out.append(r"\par\footnotesize " + (_tex_marks([kind]) + " " if kind else "") + tex_escape(text))
@@ -172,15 +210,31 @@ def render_latex(tables: list[Table], unplaced: int = 0) -> str:
     return "\n".join(out)
 
 
-def plot_figure1(tables: list[Table], path, paper: dict | None = None) -> None:
-    """Average score vs trainable parameters (log x) and vs memory; ours filled, the paper's hollow."""
+def _paper_points(spec: TableSpec) -> list[tuple[str, float | None, float | None, float]]:
+    """(row name, parameter count, memory GiB, first average) of the paper's rows that give a count."""
+    points = []
+    avg = spec.averages[0].name if spec.averages else None
+    for (model_row, label), cells in spec.paper.items():
+        figure, count = spec.paper_params(model_row, label), None
+        if figure is not None and figure.value is not None and figure.kind != "percent":
+            count = figure.value * (1e6 if figure.kind == "millions" else 1)
+        if avg is not None and isinstance(cells.get(avg), float):
+            points.append((model_row, count, cells.get("memory_gb"), cells[avg]))
+    return points
+
+
+def plot_figure(tables: list[Table], path) -> None:
+    """The first average vs trainable parameters (log x) and vs memory; ours filled, the paper's hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
+    spec = tables[0].spec
     fig, (ax_params, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.8))
-    colors = {"Base": "tab:blue", "Large": "tab:orange"}
+    palette = ["tab:blue", "tab:orange", "tab:purple", "tab:red"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(spec.models.values())}
     markers = "osD^vP"
     for p_index, table in enumerate(tables):
         suffix = f" [{table.protocol}]" if len(tables) > 1 else ""
@@ -189,52 +243,50 @@ def plot_figure1(tables: list[Table], path, paper: dict | None = None) -> None:
                 continue
             style = dict(color=colors.get(row.model_row, "tab:green"), marker=markers[p_index % len(markers)])
             name = f"{row.model_row} {row.label}{suffix}" + (" *" if row.avg_partial else "")
-            if row.params:
-                ax_params.scatter(max(row.params), row.avg, **style)
-                ax_params.annotate(name, (max(row.params), row.avg), fontsize=7, xytext=(3, 3),
-                                   textcoords="offset points")
-            if row.memory_gib is not None:
-                ax_mem.scatter(row.memory_gib, row.avg, **style)
-                ax_mem.annotate(name, (row.memory_gib, row.avg), fontsize=7, xytext=(3, 3),
-                                textcoords="offset points")
-    for (model, label), values in (paper or {}).items():
-        color = colors.get(model, "grey")
-        ax_params.scatter(values["params"], values["avg"], facecolors="none", edgecolors=color, alpha=0.6)
-        ax_mem.scatter(values["memory_gb"], values["avg"], facecolors="none", edgecolors=color, alpha=0.6)
+            for ax, x in ((ax_params, max(row.params) if row.params else None), (ax_mem, row.memory_gib)):
+                if x is not None:
+                    ax.scatter(x, row.avg, **style)
+                    ax.annotate(name, (x, row.avg), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    for model_row, count, memory, avg in _paper_points(spec):
+        style = dict(facecolors="none", edgecolors=colors.get(model_row, "grey"), alpha=0.6)
+        if count is not None:
+            ax_params.scatter(count, avg, **style)
+        if isinstance(memory, float):
+            ax_mem.scatter(memory, avg, **style)
     ax_params.set_xscale("log")
     ax_params.set_xlabel("trainable parameters (excl. head, log)")
     ax_mem.set_xlabel("peak training memory (GiB)")
     for ax in (ax_params, ax_mem):
-        ax.set_ylabel("GLUE average (x100)")
+        ax.set_ylabel(f"{spec.title} {spec.averages[0].title if spec.averages else ''} (x{spec.scale:g})")
         ax.grid(alpha=0.3)
-    from matplotlib.lines import Line2D
-
     ax_params.legend(handles=[Line2D([], [], marker="o", ls="", color=c, label=m) for m, c in colors.items()],
                      fontsize=8, loc="lower right")
     if not ax_mem.collections:
         ax_mem.text(0.5, 0.5, "no memory measurements", transform=ax_mem.transAxes, ha="center")
     fig.suptitle("Average score vs parameters and memory (filled: ours; hollow: paper)")
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp.png")
-    fig.savefig(tmp, dpi=130)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     plt.close(fig)
-    tmp.replace(path)
 
 
-def write_table2(results_dir, out_dir, protocol: str | None = None, plot: bool = True,
-                 paper_csv=DEFAULT_PAPER_CSV) -> str | None:
-    """Write table2.md, table2.tex, runs.csv (and figure1.png) to ``out_dir``; the Markdown, or None
-    when no completed Table 2 run exists (then nothing is written)."""
-    runs, tables = build_tables(results_dir, paper_csv, protocol=protocol)
+def output_names(spec: TableSpec, plot: bool = True) -> list[str]:
+    """The files :func:`write_table` writes for a spec."""
+    return [f"{spec.name}.md", f"{spec.name}.tex", f"{spec.name}_runs.csv",
+            *([spec.figure] if plot and spec.figure else [])]
+
+
+def write_table(spec: TableSpec, results_dir, out_dir, protocol: str | None = None, plot: bool = True) -> str | None:
+    """Write :func:`output_names` to ``out_dir``; the Markdown, or None when no completed run of the spec's
+    tasks exists (then nothing is written)."""
+    runs, tables = build_tables(results_dir, spec, protocol=protocol)
     if not tables:
         return None
-    unplaced = unplaced_failures(runs, tables, protocol)
+    unplaced = unplaced_failures(runs, tables, spec, protocol)
     out = Path(out_dir)
     markdown = render_markdown(tables, unplaced)
-    atomic_write_text(out / "table2.md", markdown)
-    atomic_write_text(out / "table2.tex", render_latex(tables, unplaced))
-    atomic_write_text(out / "runs.csv", runs.to_csv(index=False))
-    if plot:
-        plot_figure1(tables, out / "figure1.png", load_paper(paper_csv))
+    atomic_write_text(out / f"{spec.name}.md", markdown)
+    atomic_write_text(out / f"{spec.name}.tex", render_latex(tables, unplaced))
+    atomic_write_text(out / f"{spec.name}_runs.csv", runs.to_csv(index=False))
+    if plot and spec.figure:
+        plot_figure(tables, out / spec.figure)
     return markdown

@@ -1,9 +1,12 @@
-"""Table 2 from run JSONs: a tidy frame of runs, per-cell aggregation, and the paper's numbers beside ours.
+"""A paper table from run JSONs: a tidy frame of runs, per-cell aggregation, and the paper's numbers beside ours.
 
-Reads only ``results/`` (run JSONs, ``memory/*.csv``) and ``results/paper/table2.csv``; never torch.
-Nothing is mixed silently: runs under different split protocols go to separate tables, and cells with
-fewer seeds than configured, failed runs, runs from several commits/versions or from several configs
-are marked and footnoted. Rendering lives in :mod:`framework.table_render`.
+What a table holds (tasks, metrics, scale, model rows, row order, the paper's numbers) comes from its spec,
+``results/paper/<name>.yaml`` with its CSV (format: :mod:`framework.experiments`), so Table 2, the LLaMA
+tables and the ViT table are built by this same code. Reads only ``results/`` (run JSONs,
+``memory/*.csv``) and the spec; never torch. Nothing is mixed silently: runs under different split
+protocols go to separate tables, and cells with fewer seeds than configured, failed runs, runs from
+several commits/versions or from several configs are marked and footnoted. Rendering lives in
+:mod:`framework.table_render`.
 """
 from __future__ import annotations
 
@@ -15,29 +18,20 @@ from pathlib import Path
 
 import pandas as pd
 
+from framework.experiments import Average, ParamsFigure, TableSpec
 from framework.results import iter_results
 
-TASKS = ("sst2", "mrpc", "cola", "qnli", "rte", "stsb")
-TASK_TITLES = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "rte": "RTE", "stsb": "STS-B"}
-#: the metric Table 2 reports for each task (the paper's choice, not necessarily the selection metric)
-TABLE2_METRIC = {"sst2": "accuracy", "mrpc": "accuracy", "qnli": "accuracy", "rte": "accuracy",
-                 "cola": "matthews_correlation", "stsb": "pearson"}
-MODEL_ROWS = {"roberta-base": "Base", "roberta-large": "Large"}
-#: the paper's row order; labels not listed follow, alphabetically
-METHOD_ORDER = ("Head", "BitFit", "(IA)3", "LoRA r=8", "VeRA r=1024", "VeRA r=256", "BOFT b=8 m=2",
-                "C3A b=1", "C3A b=6", "C3A b=8", "Full")
 METHOD_NAMES = {"c3a": "C3A", "lora": "LoRA", "vera": "VeRA", "boft": "BOFT", "ia3": "(IA)3",
                 "bitfit": "BitFit", "full": "Full", "head": "Head"}
 #: (shown name, config keys that may hold it) for labels built from a run's method config
 LABEL_KEYS = {"c3a": (("b", ("b",)),), "lora": (("r", ("r",)),), "vera": (("r", ("r",)),),
               "boft": (("b", ("b", "block_size", "boft_block_size")),
                        ("m", ("m", "n_butterfly_factor", "boft_n_butterfly_factor")))}
-DEFAULT_PAPER_CSV = Path(__file__).resolve().parent.parent / "results" / "paper" / "table2.csv"
 GIB = 2 ** 30
 
 RUN_COLUMNS = ("path", "run_id", "config_hash", "status", "model", "model_row", "method", "method_label",
-               "task", "seed", "metric", "score", "params", "protocol", "leaky", "git_commit", "versions",
-               "expected_seeds", "epochs", "selection_metric", "error")
+               "task", "seed", "metric", "score", "params", "params_total", "protocol", "leaky", "git_commit",
+               "versions", "expected_seeds", "epochs", "selection_metric", "error")
 
 
 def method_label(result) -> str:
@@ -54,31 +48,30 @@ def method_label(result) -> str:
     return " ".join(parts)
 
 
-def model_row(model: str) -> str:
-    return MODEL_ROWS.get(model, model)
+def protocol_key(task_details: dict) -> str:
+    """The split protocol a run was made under (from the task's description); a leaky split is its own protocol."""
+    protocol = str(task_details.get("protocol") or task_details.get("split") or "unrecorded")  # GlueTask: "split"
+    return f"{protocol} (leaky)" if task_details.get("leaky") else protocol
 
 
-def protocol_key(split: dict) -> str:
-    """The split protocol a run was made under; a leaky split counts as a protocol of its own."""
-    protocol = str(split.get("protocol") or split.get("split") or "unrecorded")  # GlueTask records "split"
-    return f"{protocol} (leaky)" if split.get("leaky") else protocol
-
-
-def collect_runs(results_dir) -> pd.DataFrame:
-    """One row per run JSON (completed and failed); ``score`` is the task's Table 2 metric ×100."""
+def collect_runs(results_dir, spec: TableSpec) -> pd.DataFrame:
+    """One row per run JSON (completed and failed); ``score`` is the spec's metric for the task × its scale
+    (runs of other tasks get their selection metric, for the runs CSV)."""
+    metrics = {t.name: t.metric for t in spec.tasks}
     rows = []
     for path, result in iter_results(results_dir):
-        metric = TABLE2_METRIC.get(result.task, result.selection_metric)
+        metric = metrics.get(result.task, result.selection_metric)
         value = result.test_at_best.get(metric) if metric else None
         parts = result.run_id.split("/")
+        details = result.task_details or {}
         rows.append({
             "path": str(path), "run_id": result.run_id, "config_hash": parts[-2] if len(parts) >= 2 else "",
-            "status": result.status, "model": result.model, "model_row": model_row(result.model),
+            "status": result.status, "model": result.model, "model_row": spec.model_row(result.model),
             "method": result.method, "method_label": method_label(result), "task": result.task,
             "seed": result.seed, "metric": metric,
-            "score": float(value) * 100 if value is not None else math.nan,
-            "params": result.params.get("trainable_excl_head"),
-            "protocol": protocol_key(result.split), "leaky": bool(result.split.get("leaky", False)),
+            "score": float(value) * spec.scale if value is not None else math.nan,
+            "params": result.params.get("trainable_excl_head"), "params_total": result.params.get("total"),
+            "protocol": protocol_key(details), "leaky": bool(details.get("leaky", False)),
             "git_commit": result.provenance.get("git_commit"),
             "versions": json.dumps(result.provenance.get("versions") or {}, sort_keys=True),
             "expected_seeds": result.config.get("expected_seeds"),
@@ -86,15 +79,6 @@ def collect_runs(results_dir) -> pd.DataFrame:
             "selection_metric": result.selection_metric, "error": result.error,
         })
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
-
-
-def load_paper(csv_path=DEFAULT_PAPER_CSV) -> dict[tuple[str, str], dict]:
-    """The paper's Table 2 rows keyed by (Base/Large, method label); empty when the file is absent."""
-    path = Path(csv_path)
-    if not path.exists():
-        return {}
-    frame = pd.read_csv(path)
-    return {(row["model"], row["method_label"]): row for row in frame.to_dict("records")}
 
 
 def load_memory(results_dir) -> dict[tuple[str, str], tuple[float, str]]:
@@ -166,61 +150,74 @@ class Cell:
 
 @dataclass
 class Row:
-    """One (model, method label) row of Table 2."""
+    """One (model, method label) row of a table; ``cells`` in the spec's task order."""
 
     model: str
     model_row: str
     label: str
     cells: dict[str, Cell]
+    averages: list[Average] = field(default_factory=list)
     params: list[int] = field(default_factory=list)  # distinct trainable_excl_head counts seen
+    params_total: int | None = None  # all parameters of the adapted model (for a percentage)
+    params_kind: str = "count"
+    paper_params: ParamsFigure | None = None
     memory_gib: float | None = None
     memory_device: str | None = None
     paper: dict | None = None
 
-    @property
-    def present_tasks(self) -> list[str]:
-        return [t for t in TASKS if self.cells[t].mean is not None]
+    def present(self, tasks) -> list[str]:
+        return [t for t in tasks if self.cells[t].mean is not None]
+
+    def average(self, avg: Average) -> float | None:
+        """Mean of the task means (over the present tasks when not all are there)."""
+        means = [self.cells[t].mean for t in self.present(avg.tasks)]
+        return statistics.fmean(means) if means else None
+
+    def average_partial(self, avg: Average) -> bool:
+        return 0 < len(self.present(avg.tasks)) < len(avg.tasks)
 
     @property
     def avg(self) -> float | None:
-        """Mean of the task means (over the present tasks when not all six are there)."""
-        means = [self.cells[t].mean for t in self.present_tasks]
-        return statistics.fmean(means) if means else None
+        """The table's first average (Table 2: over all six tasks)."""
+        return self.average(self.averages[0]) if self.averages else None
 
     @property
     def avg_partial(self) -> bool:
-        return 0 < len(self.present_tasks) < len(TASKS)
+        return bool(self.averages) and self.average_partial(self.averages[0])
 
     def paper_value(self, key: str) -> float | None:
         value = None if self.paper is None else self.paper.get(key)
-        return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+        return value if isinstance(value, float) and not math.isnan(value) else None
 
 
 @dataclass
 class Table:
-    """All rows made under one split protocol, plus failed runs and runs that could not be scored."""
+    """All rows of one spec made under one split protocol, plus failed runs and runs that could not be scored."""
 
+    spec: TableSpec
     protocol: str
     rows: list[Row]
     failed: int = 0
-    unscored: list[str] = field(default_factory=list)  # completed runs missing the Table 2 metric
-
-
-def _row_sort_key(row: Row):
-    model_rank = {"Base": 0, "Large": 1}.get(row.model_row, 2)
-    label_rank = METHOD_ORDER.index(row.label) if row.label in METHOD_ORDER else len(METHOD_ORDER)
-    return (model_rank, row.model_row, label_rank, row.label)
+    unscored: list[str] = field(default_factory=list)  # completed runs missing the table's metric
 
 
 def _clean(value):
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def aggregate(runs: pd.DataFrame, paper: dict | None = None, memory: dict | None = None,
+def _new_row(spec: TableSpec, model: str, label: str) -> Row:
+    name = spec.model_row(model)
+    return Row(model=model, model_row=name, label=label, cells={t: Cell() for t in spec.task_names},
+               averages=list(spec.averages), params_kind=spec.params_kind(name, label),
+               paper_params=spec.paper_params(name, label), paper=spec.paper_row(name, label))
+
+
+def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
               protocol: str | None = None) -> list[Table]:
-    """Tables (one per protocol) of rows (model × method label) of cells (task), from :func:`collect_runs`."""
-    paper, memory = paper or {}, memory or {}
-    runs = runs[runs["task"].isin(TASKS)]
+    """Tables (one per protocol) of rows (model × method label) of cells (the spec's tasks), from
+    :func:`collect_runs`."""
+    memory = memory or {}
+    runs = runs[runs["task"].isin(spec.task_names)]
     if protocol is not None:
         runs = runs[runs["protocol"].str.split(" ").str[0] == protocol]
     tables = []
@@ -229,11 +226,10 @@ def aggregate(runs: pd.DataFrame, paper: dict | None = None, memory: dict | None
         scored = done & proto_runs["score"].notna()
         if not scored.any():
             continue
-        table = Table(protocol=proto, rows=[], failed=int((proto_runs["status"] == "failed").sum()),
+        table = Table(spec=spec, protocol=proto, rows=[], failed=int((proto_runs["status"] == "failed").sum()),
                       unscored=list(proto_runs.loc[done & ~scored, "run_id"]))
         for (model, label), group in proto_runs.groupby(["model", "method_label"], sort=False):
-            row = Row(model=model, model_row=model_row(model), label=label, cells={t: Cell() for t in TASKS},
-                      paper=paper.get((model_row(model), label)))
+            row = _new_row(spec, model, label)
             for rec in group.to_dict("records"):
                 cell = row.cells[rec["task"]]
                 cell.seeds.add(rec["seed"])
@@ -250,6 +246,8 @@ def aggregate(runs: pd.DataFrame, paper: dict | None = None, memory: dict | None
                 cell.configs.add(rec["config_hash"])
                 if _clean(rec["params"]) is not None and int(rec["params"]) not in row.params:
                     row.params.append(int(rec["params"]))
+                if _clean(rec["params_total"]) is not None:
+                    row.params_total = int(rec["params_total"])
             row_max_seeds = max(len(c.seeds) for c in row.cells.values())
             for task, cell in row.cells.items():
                 # the configured count, or the most seeds any task of this row has, whichever is larger
@@ -260,22 +258,23 @@ def aggregate(runs: pd.DataFrame, paper: dict | None = None, memory: dict | None
                 row.memory_gib, row.memory_device = memory[(model, label)]
             if any(c.n for c in row.cells.values()) or any(c.failed for c in row.cells.values()):
                 table.rows.append(row)
-        table.rows.sort(key=_row_sort_key)
+        table.rows.sort(key=lambda r: spec.row_rank(r.model_row, r.label))
         tables.append(table)
     return tables
 
 
-def unplaced_failures(runs: pd.DataFrame, tables: list[Table], protocol: str | None = None) -> int:
-    """Failed Table 2 runs whose protocol has no table (e.g. a run that failed before its split was made)."""
+def unplaced_failures(runs: pd.DataFrame, tables: list[Table], spec: TableSpec, protocol: str | None = None) -> int:
+    """Failed runs of the spec's tasks whose protocol has no table (e.g. a run that failed before its split
+    was made)."""
     shown = {t.protocol for t in tables}
-    failed = runs[(runs["status"] == "failed") & runs["task"].isin(TASKS)]
+    failed = runs[(runs["status"] == "failed") & runs["task"].isin(spec.task_names)]
     if protocol is not None:
         base = failed["protocol"].str.split(" ").str[0]
         failed = failed[(base == protocol) | (failed["protocol"] == "unrecorded")]
     return int((~failed["protocol"].isin(shown)).sum())
 
 
-def build_tables(results_dir, paper_csv=DEFAULT_PAPER_CSV, protocol: str | None = None):
-    """(tidy runs frame, tables) for a results directory."""
-    runs = collect_runs(results_dir)
-    return runs, aggregate(runs, load_paper(paper_csv), load_memory(results_dir), protocol=protocol)
+def build_tables(results_dir, spec: TableSpec, protocol: str | None = None):
+    """(tidy runs frame, tables) of one spec for a results directory."""
+    runs = collect_runs(results_dir, spec)
+    return runs, aggregate(runs, spec, load_memory(results_dir), protocol=protocol)

@@ -1,5 +1,9 @@
 #!/usr/bin/env python
-"""`make table2`: render Table 2 (Markdown, LaTeX, runs CSV, Figure-1-like plot) from results/runs."""
+"""`make table2`: render a paper table (Markdown, LaTeX, runs CSV, plot) from results/runs.
+
+Which table is a spec in results/paper/<name>.yaml (format: framework/experiments.py):
+``--table table2`` (the default), another name, a path to a spec, or ``all`` for every spec with tasks.
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,28 +12,38 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from c3a.table_render import write_table2  # noqa: E402
-from c3a.tables import DEFAULT_PAPER_CSV  # noqa: E402
+from framework.experiments import SpecError, available, load_spec  # noqa: E402
+from framework.table_render import output_names, write_table  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", default="table2",
+                        help=f"a spec name ({', '.join(available())}), a path to a spec .yaml, or 'all'")
     parser.add_argument("--results-dir", default="results", help="folder holding runs/ and memory/")
     parser.add_argument("--out-dir", default=None, help="where to write (default: <results-dir>/tables)")
     parser.add_argument("--protocol", default=None, help="only runs of this split protocol (holdout, dev_half, dev)")
-    parser.add_argument("--paper-csv", default=str(DEFAULT_PAPER_CSV), help="the paper's Table 2 numbers")
-    parser.add_argument("--no-plot", action="store_true", help="skip figure1.png")
+    parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     args = parser.parse_args(argv)
+    try:
+        specs = [load_spec(name) for name in available()] if args.table == "all" else [load_spec(args.table)]
+    except SpecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    specs = [s for s in specs if s.tasks]  # parameter-only specs have no table to render
+    if not specs:
+        print(f"error: {args.table!r} declares no tasks: nothing to render (make params checks it)", file=sys.stderr)
+        return 2
     out_dir = args.out_dir or str(Path(args.results_dir) / "tables")
-    markdown = write_table2(args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot,
-                            paper_csv=args.paper_csv)
-    if markdown is None:
-        which = f" with protocol {args.protocol}" if args.protocol else ""
-        print(f"no completed runs found under {Path(args.results_dir) / 'runs'}{which}; "
-              "train first (e.g. `python run.py -m task=rte seed=0,1,2,3,4`), then rerun `make table2`.")
-        return 0
-    print(markdown)
-    print(f"wrote {out_dir}/table2.md, table2.tex, runs.csv" + ("" if args.no_plot else ", figure1.png"))
+    for spec in specs:
+        markdown = write_table(spec, args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot)
+        if markdown is None:
+            which = f" with protocol {args.protocol}" if args.protocol else ""
+            print(f"{spec.title}: no completed runs of its tasks found under {Path(args.results_dir) / 'runs'}"
+                  f"{which}; train first (e.g. `python run.py -m task=rte seed=0,1,2,3,4`), then rerun.")
+            continue
+        print(markdown)
+        print(f"wrote {', '.join(str(Path(out_dir) / n) for n in output_names(spec, not args.no_plot))}")
     return 0
 
 
