@@ -46,7 +46,7 @@ CONF_DIR = ROOT / "conf"
 PARAMS_KINDS = ("count", "percent", "millions")
 _TOP_KEYS = {"title", "caption", "paper_csv", "scale", "params", "memory", "figure", "models", "tasks", "averages",
              "rows"}
-_ROW_KEYS = {"model", "label", "preset", "overrides", "params", "stand_in_task"}
+_ROW_KEYS = {"model", "label", "preset", "overrides", "params"}
 
 
 class SpecError(ValueError):
@@ -68,21 +68,12 @@ class Average:
 
 
 @dataclass(frozen=True)
-class StandInTask:
-    """The model kind and head a row is counted on while no task config of that kind exists (temporary)."""
-
-    model_kind: str
-    head_trains: bool
-
-
-@dataclass(frozen=True)
 class SpecRow:
     model: str
     label: str
     preset: str | None = None
     overrides: tuple[str, ...] = ()
     params: str = "count"
-    stand_in_task: StandInTask | None = None
 
     def overrides_for_compose(self) -> list[str]:
         """Hydra overrides as run.py would get them on its command line."""
@@ -241,14 +232,8 @@ def _row(path: Path, index: int, entry, models: dict, default_params: str) -> Sp
         raise _fail(path, f"{where}.overrides", f"expected a list of Hydra overrides, got {overrides!r}")
     if preset is None and not overrides:
         raise _fail(path, where, "give a preset (experiment=<preset>) or overrides to compose the row with")
-    stand_in = entry.get("stand_in_task")
-    if stand_in is not None:
-        stand_in = _keys(path, f"{where}.stand_in_task", stand_in, {"model_kind", "head_trains"},
-                         {"model_kind", "head_trains"})
-        stand_in = StandInTask(_string(path, f"{where}.stand_in_task.model_kind", stand_in["model_kind"]),
-                               bool(stand_in["head_trains"]))
     params = _params_kind(path, f"{where}.params", entry.get("params", default_params))
-    return SpecRow(model, _string(path, f"{where}.label", entry["label"]), preset, tuple(overrides), params, stand_in)
+    return SpecRow(model, _string(path, f"{where}.label", entry["label"]), preset, tuple(overrides), params)
 
 
 def _cell(text: str | None):
@@ -379,11 +364,9 @@ def compose_row(row: SpecRow, extra_overrides: tuple[str, ...] | list[str] = ())
 @dataclass
 class BuiltRow:
     cfg: Any
-    task: Any  # the composed task (None for a row counted on a stand-in task)
+    task: Any  # framework.tasks.base.Task
     method: Any  # framework.method.Method
     adapted: Any  # framework.method.Adapted
-    model_kind: str
-    head_spec: Any  # framework.tasks.base.HeadSpec
 
 
 def build_row(row: SpecRow, weights: str, extra_overrides: tuple[str, ...] | list[str] = ()) -> BuiltRow:
@@ -393,16 +376,10 @@ def build_row(row: SpecRow, weights: str, extra_overrides: tuple[str, ...] | lis
 
     from framework import models
     from framework.method import Head
-    from framework.tasks.base import HeadSpec
 
     cfg = compose_row(row, extra_overrides)
-    task = None
-    if row.stand_in_task is not None:  # until a task config of this kind exists (see the spec)
-        kind, head_spec = row.stand_in_task.model_kind, HeadSpec(trains=row.stand_in_task.head_trains)
-    else:
-        task = instantiate(cfg.task, _convert_="all")
-        kind, head_spec = task.model_kind, task.head()
-    head = Head(models.head_modules(cfg.model, kind), trains=head_spec.trains)
-    model = models.build_model(cfg.model, kind, head_spec, weights=weights)
+    task = instantiate(cfg.task, _convert_="all")
+    head = Head(models.head_modules(cfg.model, task.model_kind), trains=task.head().trains)
+    model = models.build_model(cfg.model, task.model_kind, task.head(), weights=weights)
     method = instantiate(cfg.method, _convert_="all")
-    return BuiltRow(cfg, task, method, method.apply(model, head), kind, head_spec)
+    return BuiltRow(cfg, task, method, method.apply(model, head))

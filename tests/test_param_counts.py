@@ -1,7 +1,6 @@
-"""Every Table 2 count and the LLaMA C3A percentages, built exactly as `make params` builds them.
-
-Models are built on the meta device from the model entries' architectures, so the RoBERTa-large and
-LLaMA rows cost no memory and no download.
+"""Every parameter figure the paper tables declare (Table 2 counts, Full in millions, the LLaMA C3A
+percentages), built exactly as `make params` builds them: the spec's rows composed like run.py and built
+through the one model builder on the meta device (no memory, no download).
 """
 from __future__ import annotations
 
@@ -10,6 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from framework.experiments import ParamsFigure, SpecError, SpecRow, build_row, compose_row, load_all
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "count_params.py"
 
@@ -23,8 +24,9 @@ def _load_script():
 
 
 count_params = _load_script()
+CHECKS = count_params.checks(load_all())
 
-# The paper's numbers, restated here so that an edit to the script's data cannot pass silently.
+# The paper's numbers, restated here so that an edit to the specs' data cannot pass silently.
 PAPER = {
     ("roberta-base", "BitFit"): 102_144, ("roberta-base", "(IA)3"): 110_592,
     ("roberta-base", "LoRA r=8"): 294_912, ("roberta-base", "VeRA r=1024"): 43_008,
@@ -35,60 +37,91 @@ PAPER = {
     ("roberta-large", "BOFT b=8 m=2"): 442_368, ("roberta-large", "C3A b=1"): 49_152,
     ("roberta-large", "C3A b=8"): 393_216,
 }
+PAPER_MILLIONS = {("roberta-base", "Full"): 124, ("roberta-large", "Full"): 354}  # "124M", "354M"
 PAPER_PERCENT = {"llama2-7b": 0.35, "llama3-8b": 0.26}
 
 
-def test_script_rows_are_the_papers():
-    rows = {(r.model, r.label): r.paper_count for r in count_params.ROWS if r.paper_count is not None}
-    assert rows == PAPER
-    percents = {r.model: r.paper_percent for r in count_params.ROWS if r.paper_percent is not None}
-    assert percents == PAPER_PERCENT
+def _of_kind(kind):
+    return [c for c in CHECKS if c.paper.kind == kind]
 
 
-@pytest.mark.parametrize("row", [r for r in count_params.ROWS if r.paper_count is not None],
-                         ids=lambda r: f"{r.model}-{r.label}")
-def test_table2_count(row):
-    counted = count_params.count_row(row)
-    assert counted.trainable == PAPER[(row.model, row.label)]
+def test_checked_rows_are_the_papers():
+    assert {(c.row.model, c.row.label): int(c.paper.value) for c in _of_kind("count")} == PAPER
+    assert {(c.row.model, c.row.label): c.paper.value for c in _of_kind("millions")} == PAPER_MILLIONS
+    assert {c.row.model: c.paper.value for c in _of_kind("percent")} == PAPER_PERCENT
+    assert len(CHECKS) == 18  # Table 2's 16 rows and the two LLaMA rows
+
+
+@pytest.mark.parametrize("check", _of_kind("count") + _of_kind("millions"),
+                         ids=lambda c: f"{c.row.model}-{c.row.label}")
+def test_table2_count(check):
+    counted = count_params.count(check)
+    key = (check.row.model, check.row.label)
+    if key in PAPER:
+        assert counted.trainable == PAPER[key]
+    else:  # Full: every parameter but the classifier, which the paper rounds to millions
+        assert round(counted.trainable / 1e6) == PAPER_MILLIONS[key]
+        assert counted.trainable < counted.total
     assert counted.equal
     # our label says the same thing as the paper's (C3A's v1 "b" notation included)
-    assert counted.ours_label == row.label
+    assert counted.ours_label == check.row.label
 
 
-@pytest.mark.parametrize("row", [r for r in count_params.ROWS if r.paper_percent is not None], ids=lambda r: r.model)
-def test_llama_c3a_percent(row):
-    counted = count_params.count_row(row)
-    assert round(counted.percent, 2) == PAPER_PERCENT[row.model]
+@pytest.mark.parametrize("check", _of_kind("percent"), ids=lambda c: c.row.model)
+def test_llama_c3a_percent(check):
+    counted = count_params.count(check)
+    assert round(counted.percent, 2) == PAPER_PERCENT[check.row.model]
+    assert counted.equal
     # q, k, v at block 128 and up/down at block 256, every layer: d_out·d_in/p summed
-    arch = count_params.compose(row).model.architecture
+    arch = compose_row(check.row, count_params.SKELETON).model.architecture
     d, ff, layers = arch.hidden_size, arch.intermediate_size, arch.num_hidden_layers
     kv = d * arch.num_key_value_heads // arch.num_attention_heads
     assert counted.trainable == layers * ((d * d + 2 * d * kv) // 128 + 2 * d * ff // 256)
 
 
+def test_llama_rows_are_causal_lms_with_a_frozen_lm_head():
+    """The percentage is of the causal LM (lm_head included, frozen), as in the paper's instruction tuning."""
+    built = build_row(_of_kind("percent")[0].row, weights="meta", extra_overrides=count_params.SKELETON)
+    assert built.task.model_kind == "causal-lm" and not built.task.head().trains
+    assert type(built.adapted.model).__name__.endswith("ForCausalLM")
+    assert built.adapted.head == []  # a frozen head is in neither trainable group
+
+
 def test_boft_true_factor_two_would_not_match():
-    """The paper's BOFT count is PEFT's factor-1 fallback (PAPER.md §2); factor 2 doubles the rotations."""
+    """The paper's BOFT count is PEFT's factor-1 fallback (docs/paper.md §2); factor 2 doubles the rotations."""
     import torch
 
     if torch.cuda.is_available():  # PEFT may compile its extension here (minutes) and build factor 2
         pytest.skip("with CUDA, PEFT's BOFT extension may compile: a true factor 2 is buildable")
-    from hydra.utils import instantiate
-
-    row = next(r for r in count_params.ROWS if r.method == "boft" and r.model == "roberta-base")
-    cfg = count_params.compose(row)
-    cfg.method.emulate_peft_cpu_fallback = False
-    method = instantiate(cfg.method, _convert_="all")
+    check = next(c for c in CHECKS if c.row.preset == "table2/base_boft")
     with pytest.raises(RuntimeError, match="CUDA extension"):
-        method.apply(count_params.build_skeleton(cfg.model, causal_lm=False), list(cfg.model.head_modules))
+        build_row(check.row, weights="meta",
+                  extra_overrides=[*count_params.SKELETON, "method.emulate_peft_cpu_fallback=false"])
+
+
+def test_a_row_whose_preset_runs_another_model_is_refused():
+    row = SpecRow(model="roberta-large", label="LoRA r=8", preset="table2/base_lora")
+    with pytest.raises(SpecError, match="gives model 'roberta-base', not 'roberta-large'"):
+        compose_row(row)
+
+
+def test_figures_compare_at_the_papers_precision():
+    assert ParamsFigure("count", "102144").matches(102_144, None)
+    assert not ParamsFigure("count", "102144").matches(102_145, None)
+    assert ParamsFigure("millions", "124").matches(124_055_040, None)
+    assert ParamsFigure("millions", "0.22").matches(221_184, None)
+    assert not ParamsFigure("millions", "0.22").matches(226_000, None)
+    assert ParamsFigure("percent", "0.35").matches(23_855_104, 6_762_270_720)
+    assert ParamsFigure("percent", "OOM").matches(1, 2) is None and ParamsFigure("percent", "OOM").show() == "OOM"
 
 
 def test_main_exits_nonzero_on_a_mismatch(capsys, monkeypatch):
-    good = next(r for r in count_params.ROWS if r.method == "bitfit" and r.model == "roberta-base")
-    wrong = count_params.Row(good.model, "BitFit (wrong number)", "bitfit", paper_count=good.paper_count + 1)
-    monkeypatch.setattr(count_params, "ROWS", [good])
+    good = next(c for c in CHECKS if c.row.preset == "table2/base_bitfit")
+    wrong = count_params.Check(good.spec, good.row, ParamsFigure("count", str(int(good.paper.value) + 1)))
+    monkeypatch.setattr(count_params, "checks", lambda specs: [good])
     assert count_params.main([]) == 0
     assert "102,144" in capsys.readouterr().out
-    monkeypatch.setattr(count_params, "ROWS", [good, wrong])
+    monkeypatch.setattr(count_params, "checks", lambda specs: [good, wrong])
     assert count_params.main([]) == 1
     captured = capsys.readouterr()
     assert " NO" in captured.out and "1 row(s) differ" in captured.err
