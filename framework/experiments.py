@@ -11,9 +11,11 @@ nothing else lists a table's rows, tasks or metrics. A spec (YAML)::
     memory: "the paper: GPU, 256 tokens, batch 64"   # optional: show a memory column; what the paper measured
     figure: figure1.png                 # optional: average vs parameters and vs memory plot
     models: {roberta-base: Base}        # model entry (conf/model) -> row name, in the paper's order
-    tasks:                              # columns, in the paper's order; metric = the key of our results
+    tasks:                              # columns, in the paper's order; metric: a key of the run's test scores
       - {name: rte, title: RTE, metric: accuracy}
-    averages:                           # optional; default: one "Avg" over every task
+      - {name: boolq, title: BoolQ, metric: boolq, task: commonsense}   # task: when one task scores
+                                                                        # several columns (its test sets)
+    averages:                           # optional; default: one "Avg" over every task column
       - {name: avg, title: Avg, tasks: [rte]}
     rows:                               # the paper's rows, in its order
       - model: roberta-base             # the model entry the row runs on
@@ -24,7 +26,7 @@ nothing else lists a table's rows, tasks or metrics. A spec (YAML)::
 
 The paper CSV has one row per (row name, method label): columns ``model`` (the row name), ``method_label``,
 ``params`` (the figure as the paper prints it, in the spec's unit: 110592, 0.35, 85.8), optionally
-``memory_gb``, ``<task>_mean`` for every task and optionally ``<task>_std``, one column per average
+``memory_gb``, ``<name>_mean`` for every task column and optionally ``<name>_std``, one column per average
 (``avg``, ``math_avg``...), and free ``source`` / ``note``. Empty cells are "not given"; a non-number
 (``OOM``) is shown as is. A spec with ``tasks: []`` only declares parameter counts (``make params``).
 
@@ -55,9 +57,10 @@ class SpecError(ValueError):
 
 @dataclass(frozen=True)
 class TaskColumn:
-    name: str  # the task's name in run results (task.name)
+    name: str  # the column's id (paper CSV ``<name>_mean``); the run's task name unless ``task`` says otherwise
     title: str  # the column heading
-    metric: str  # the key of test_at_best the table shows
+    metric: str  # the key of the run's test_at_best the column shows
+    task: str  # the run's task name (task.name)
 
 
 @dataclass(frozen=True)
@@ -150,7 +153,13 @@ class TableSpec:
 
     @property
     def task_names(self) -> list[str]:
+        """The column ids, in order (Table 2: the GLUE task names)."""
         return [t.name for t in self.tasks]
+
+    @property
+    def run_tasks(self) -> list[str]:
+        """The task names whose runs the table reads, in order (one task may fill several columns)."""
+        return list(dict.fromkeys(t.task for t in self.tasks))
 
     def task(self, name: str) -> TaskColumn:
         return next(t for t in self.tasks if t.name == name)
@@ -217,16 +226,17 @@ def _presets() -> list[str]:
     return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
 
 
-def _row(path: Path, index: int, entry, models: dict, default_params: str) -> SpecRow:
+def _row(path: Path, index: int, entry, models: dict, default_params: str, presets: list[str]) -> SpecRow:
     where = f"rows[{index}]"
     entry = _keys(path, where, entry, _ROW_KEYS, {"model", "label"})
     model = _string(path, f"{where}.model", entry["model"])
     if model not in models:
         raise _fail(path, f"{where}.model", f"{model!r} is not in models {list(models)}")
     preset = entry.get("preset")
-    if preset is not None and _string(path, f"{where}.preset", preset) not in _presets():
+    if preset is not None and _string(path, f"{where}.preset", preset) not in presets:
+        near = [p for p in presets if p.split("/")[0] == preset.split("/")[0]] or presets
         raise _fail(path, f"{where}.preset", f"{preset!r} is not a preset under {CONF_DIR / 'experiment'}; "
-                                             f"presets: {_presets()}")
+                                             f"presets: {near}")
     overrides = entry.get("overrides") or []
     if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
         raise _fail(path, f"{where}.overrides", f"expected a list of Hydra overrides, got {overrides!r}")
@@ -296,8 +306,9 @@ def load_spec(name_or_path: str | Path, folder: Path = PAPER_DIR) -> TableSpec:
         raise _fail(path, "tasks", f"expected a list of {{name, title, metric}}, got {data['tasks']!r}")
     tasks = []
     for i, entry in enumerate(data["tasks"]):
-        entry = _keys(path, f"tasks[{i}]", entry, {"name", "title", "metric"}, {"name", "title", "metric"})
-        tasks.append(TaskColumn(*(_string(path, f"tasks[{i}].{k}", entry[k]) for k in ("name", "title", "metric"))))
+        entry = _keys(path, f"tasks[{i}]", entry, {"name", "title", "metric", "task"}, {"name", "title", "metric"})
+        entry.setdefault("task", entry["name"])
+        tasks.append(TaskColumn(*(_string(path, f"tasks[{i}].{k}", entry[k]) for k in ("name", "title", "metric", "task"))))
     names = [t.name for t in tasks]
     if len(set(names)) != len(names):
         raise _fail(path, "tasks", f"a task is listed twice: {names}")
@@ -315,7 +326,8 @@ def load_spec(name_or_path: str | Path, folder: Path = PAPER_DIR) -> TableSpec:
     params = _params_kind(path, "params", data.get("params", "count"))
     if not isinstance(data["rows"], list) or not data["rows"]:
         raise _fail(path, "rows", "expected a non-empty list of rows")
-    rows = [_row(path, i, entry, models, params) for i, entry in enumerate(data["rows"])]
+    presets = _presets()
+    rows = [_row(path, i, entry, models, params, presets) for i, entry in enumerate(data["rows"])]
     keys = [(r.model, r.label) for r in rows]
     if len(set(keys)) != len(keys):
         raise _fail(path, "rows", f"a (model, label) is declared twice: {sorted(k for k in keys if keys.count(k) > 1)}")

@@ -30,7 +30,7 @@ LABEL_KEYS = {"c3a": (("b", ("b",)),), "lora": (("r", ("r",)),), "vera": (("r", 
 GIB = 2 ** 30
 
 RUN_COLUMNS = ("path", "run_id", "config_hash", "status", "model", "model_row", "method", "method_label",
-               "task", "seed", "metric", "score", "params", "params_total", "protocol", "leaky", "git_commit",
+               "task", "column", "seed", "metric", "score", "params", "params_total", "protocol", "leaky", "git_commit",
                "versions", "expected_seeds", "epochs", "selection_metric", "error")
 
 
@@ -54,30 +54,35 @@ def protocol_key(task_details: dict) -> str:
     return f"{protocol} (leaky)" if task_details.get("leaky") else protocol
 
 
+def _run_record(path, result, spec: TableSpec, column) -> dict:
+    metric = column.metric if column is not None else result.selection_metric
+    value = result.test_at_best.get(metric) if metric else None
+    parts = result.run_id.split("/")
+    details = result.task_details or {}
+    return {
+        "path": str(path), "run_id": result.run_id, "config_hash": parts[-2] if len(parts) >= 2 else "",
+        "status": result.status, "model": result.model, "model_row": spec.model_row(result.model),
+        "method": result.method, "method_label": method_label(result), "task": result.task,
+        "column": column.name if column is not None else result.task, "seed": result.seed, "metric": metric,
+        "score": float(value) * spec.scale if value is not None else math.nan,
+        "params": result.params.get("trainable_excl_head"), "params_total": result.params.get("total"),
+        "protocol": protocol_key(details), "leaky": bool(details.get("leaky", False)),
+        "git_commit": result.provenance.get("git_commit"),
+        "versions": json.dumps(result.provenance.get("versions") or {}, sort_keys=True),
+        "expected_seeds": result.config.get("expected_seeds"),
+        "epochs": (result.config.get("trainer") or {}).get("epochs"),
+        "selection_metric": result.selection_metric, "error": result.error,
+    }
+
+
 def collect_runs(results_dir, spec: TableSpec) -> pd.DataFrame:
-    """One row per run JSON (completed and failed); ``score`` is the spec's metric for the task × its scale
-    (runs of other tasks get their selection metric, for the runs CSV)."""
-    metrics = {t.name: t.metric for t in spec.tasks}
-    rows = []
-    for path, result in iter_results(results_dir):
-        metric = metrics.get(result.task, result.selection_metric)
-        value = result.test_at_best.get(metric) if metric else None
-        parts = result.run_id.split("/")
-        details = result.task_details or {}
-        rows.append({
-            "path": str(path), "run_id": result.run_id, "config_hash": parts[-2] if len(parts) >= 2 else "",
-            "status": result.status, "model": result.model, "model_row": spec.model_row(result.model),
-            "method": result.method, "method_label": method_label(result), "task": result.task,
-            "seed": result.seed, "metric": metric,
-            "score": float(value) * spec.scale if value is not None else math.nan,
-            "params": result.params.get("trainable_excl_head"), "params_total": result.params.get("total"),
-            "protocol": protocol_key(details), "leaky": bool(details.get("leaky", False)),
-            "git_commit": result.provenance.get("git_commit"),
-            "versions": json.dumps(result.provenance.get("versions") or {}, sort_keys=True),
-            "expected_seeds": result.config.get("expected_seeds"),
-            "epochs": (result.config.get("trainer") or {}).get("epochs"),
-            "selection_metric": result.selection_metric, "error": result.error,
-        })
+    """One row per run JSON and table column it fills (completed and failed): ``score`` is the column's metric
+    × the spec's scale. A run of a task the table does not show gets one row with its selection metric."""
+    columns: dict[str, list] = {}
+    for column in spec.tasks:
+        columns.setdefault(column.task, []).append(column)
+    rows = [_run_record(path, result, spec, column) for path, result in iter_results(results_dir)
+            for column in columns.get(result.task) or [None]]
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
@@ -217,7 +222,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
     """Tables (one per protocol) of rows (model × method label) of cells (the spec's tasks), from
     :func:`collect_runs`."""
     memory = memory or {}
-    runs = runs[runs["task"].isin(spec.task_names)]
+    runs = runs[runs["task"].isin(spec.run_tasks)]
     if protocol is not None:
         runs = runs[runs["protocol"].str.split(" ").str[0] == protocol]
     tables = []
@@ -226,12 +231,13 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
         scored = done & proto_runs["score"].notna()
         if not scored.any():
             continue
-        table = Table(spec=spec, protocol=proto, rows=[], failed=int((proto_runs["status"] == "failed").sum()),
-                      unscored=list(proto_runs.loc[done & ~scored, "run_id"]))
+        table = Table(spec=spec, protocol=proto, rows=[],
+                      failed=proto_runs.loc[proto_runs["status"] == "failed", "run_id"].nunique(),
+                      unscored=list(dict.fromkeys(proto_runs.loc[done & ~scored, "run_id"])))
         for (model, label), group in proto_runs.groupby(["model", "method_label"], sort=False):
             row = _new_row(spec, model, label)
             for rec in group.to_dict("records"):
-                cell = row.cells[rec["task"]]
+                cell = row.cells[rec["column"]]
                 cell.seeds.add(rec["seed"])
                 if _clean(rec["expected_seeds"]) is not None:
                     cell.expected = max(cell.expected or 0, int(rec["expected_seeds"]))
@@ -267,11 +273,11 @@ def unplaced_failures(runs: pd.DataFrame, tables: list[Table], spec: TableSpec, 
     """Failed runs of the spec's tasks whose protocol has no table (e.g. a run that failed before its split
     was made)."""
     shown = {t.protocol for t in tables}
-    failed = runs[(runs["status"] == "failed") & runs["task"].isin(spec.task_names)]
+    failed = runs[(runs["status"] == "failed") & runs["task"].isin(spec.run_tasks)]
     if protocol is not None:
         base = failed["protocol"].str.split(" ").str[0]
         failed = failed[(base == protocol) | (failed["protocol"] == "unrecorded")]
-    return int((~failed["protocol"].isin(shown)).sum())
+    return failed.loc[~failed["protocol"].isin(shown), "run_id"].nunique()
 
 
 def build_tables(results_dir, spec: TableSpec, protocol: str | None = None):

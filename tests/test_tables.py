@@ -455,3 +455,36 @@ def test_paper_csv_errors_name_the_file(tmp_path):
     path = other_spec(tmp_path, csv=OTHER_CSV.replace("93.00", "n/a"))
     with pytest.raises(SpecError, match=r"tablex\.csv: line 2: column pets_mean: 'n/a' is not a number"):
         load_spec(path)
+
+
+def test_one_task_fills_several_columns(tmp_path):
+    """An instruction task scores each of its test sets (Table 3: commonsense -> BoolQ, PIQA, ...): one run
+    fills several columns, and a failed run counts once."""
+    text = """\
+title: Table Y
+paper_csv: tablex.csv
+params: percent
+models: {llama-tiny: Tiny}
+tasks:
+  - {name: boolq, title: BoolQ, metric: boolq, task: commonsense}
+  - {name: piqa, title: PIQA, metric: piqa, task: commonsense}
+rows:
+  - {model: llama-tiny, label: C3A b=4096/32, overrides: [method=c3a]}
+"""
+    csv = "model,method_label,params,boolq_mean,piqa_mean,avg\nTiny,C3A b=4096/32,0.35,73.4,83.4,78.4\n"
+    spec = load_spec(other_spec(tmp_path, text, csv))
+    assert spec.run_tasks == ["commonsense"] and spec.task_names == ["boolq", "piqa"]
+    for seed, (boolq, piqa) in enumerate(((0.70, 0.80), (0.72, 0.84))):
+        result = add_run(tmp_path, task="commonsense", seed=seed, model="llama-tiny", label="C3A b=4096/32",
+                         metric="score", score=0.0)
+        result.test_at_best = {"boolq": boolq, "piqa": piqa, "score": (boolq + piqa) / 2}
+        write_result(result_path(tmp_path, result.run_id), result)
+    add_run(tmp_path, task="commonsense", seed=2, model="llama-tiny", label="C3A b=4096/32", status="failed")
+    table = only_table(tmp_path, spec)
+    row = find_row(table, "Tiny", "C3A b=4096/32")
+    assert row.cells["boolq"].mean == pytest.approx(71.0) and row.cells["piqa"].mean == pytest.approx(82.0)
+    assert row.avg == pytest.approx(76.5)
+    assert table.failed == 1 and row.cells["boolq"].failed == row.cells["piqa"].failed == 1
+    md = render_markdown([table])
+    assert "| Model | Method | Params | BoolQ | PIQA | Avg |" in md
+    assert "76.50 (paper 78.40, Δ -1.90)" in md and "1 failed run(s) excluded" in md
