@@ -179,7 +179,7 @@ def run_program(source: str, timeout_s: float = 10.0, memory_mb: int = 1024) -> 
 
 
 # ------------------------------------------------------------------------- programs from generations
-FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|$)", re.DOTALL)
+FENCE = re.compile(r"```[ \t]*(?:python|py|Python)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def extract_code(generation: str) -> str:

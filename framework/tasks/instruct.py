@@ -220,11 +220,11 @@ class InstructTask(Task):
         return ListDataset(rows)
 
     def splits(self, tokenizer) -> dict[str, ListDataset]:
-        self._use_tokenizer(tokenizer)
-        pool = self._examples["train"]
-        if not pool:
+        if not self.train_source:
             raise ValueError(f"task {self.name!r} has no train source (task.train is null): it can only be "
                              f"evaluated (scripts/zero_shot.py); set task.train to train on it")
+        self._use_tokenizer(tokenizer)
+        pool = self._examples["train"]
         split_seq, train_seq, eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)
         n_val = round(self.val_size * len(pool)) if isinstance(self.val_size, float) else int(self.val_size)
         if not 1 <= n_val < len(pool):
