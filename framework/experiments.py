@@ -276,6 +276,9 @@ def _load_paper(spec: TableSpec) -> dict[tuple[str, str], dict[str, Any]]:
             raise SpecError(f"{path}: line {line}: row {key} appears twice")
         cells = {c: _cell(v) for c, v in record.items() if c != "params"}
         cells["params"] = (record.get("params") or "").strip()  # as printed: its digits set the precision
+        if any(ch.isdigit() for ch in cells["params"]) and ParamsFigure("count", cells["params"]).value is None:
+            raise SpecError(f"{path}: line {line}: column params: {cells['params']!r} is neither a number (write it "
+                            f"in the spec's unit, e.g. 0.35 for 0.35%, 124 for 124M) nor a word such as OOM")
         for column in numeric:
             if isinstance(cells.get(column), str):
                 raise SpecError(f"{path}: line {line}: column {column}: {cells[column]!r} is not a number")

@@ -455,6 +455,9 @@ def test_paper_csv_errors_name_the_file(tmp_path):
     path = other_spec(tmp_path, csv=OTHER_CSV.replace("93.00", "n/a"))
     with pytest.raises(SpecError, match=r"tablex\.csv: line 2: column pets_mean: 'n/a' is not a number"):
         load_spec(path)
+    path = other_spec(tmp_path, csv=OTHER_CSV.replace("0.69", "0.69%"))
+    with pytest.raises(SpecError, match=r"tablex\.csv: line 2: column params: '0.69%' is neither a number"):
+        load_spec(path)
 
 
 def test_one_task_fills_several_columns(tmp_path):
