@@ -38,8 +38,7 @@ class DiffusionSpec:
     """What a task checks against (``model.config``): sizes that constrain images and prompts."""
 
     model_type: str
-    #: image side lengths must be multiples of this (VAE downscale × UNet downsamplings)
-    resolution_multiple: int
+    #: image side lengths must be multiples of this (the UNet pads odd latent sizes itself)
     vae_scale_factor: int
     latent_channels: int
     max_prompt_tokens: int
@@ -62,10 +61,8 @@ class DiffusionModel(nn.Module):
         if prediction not in PREDICTION_TYPES:
             raise ValueError(f"noise scheduler prediction_type={prediction!r} is not supported; "
                              f"valid: {list(PREDICTION_TYPES)}")
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
         self.config = DiffusionSpec(
-            model_type="stable-diffusion", resolution_multiple=vae_factor * unet_factor, vae_scale_factor=vae_factor,
+            model_type="stable-diffusion", vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
             latent_channels=int(vae.config.latent_channels),
             max_prompt_tokens=int(text_encoder.config.max_position_embeddings),
             prediction_type=prediction, num_train_timesteps=int(noise_scheduler.config.num_train_timesteps))

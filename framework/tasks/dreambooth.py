@@ -138,10 +138,10 @@ class DreamBoothTask(Task):
         if not isinstance(model_config, DiffusionSpec):
             raise ValueError(f"task dreambooth needs a diffusion model (e.g. model=sd15, model=tiny-sd), "
                              f"got config {type(model_config).__name__}")
-        multiple = model_config.resolution_multiple
-        if self.resolution % multiple:
-            raise ValueError(f"task.resolution={self.resolution} is not a multiple of {multiple} (the VAE's "
-                             f"downscale times the UNet's downsamplings); e.g. {self.resolution // multiple * multiple or multiple}")
+        factor = model_config.vae_scale_factor
+        if self.resolution % factor:
+            raise ValueError(f"task.resolution={self.resolution} is not a multiple of {factor} (the VAE's downscale "
+                             f"factor); e.g. {self.resolution // factor * factor or factor}")
 
     def check_data(self) -> None:
         """Decode every instance (and given class) image now: a bad file is bad input, not a failed run."""
