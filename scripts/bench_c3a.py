@@ -9,15 +9,18 @@ tokens, forward + backward, input requiring grad (a mid-network layer), frozen w
 Model level: one training step (forward, backward, AdamW) of RobertaForSequenceClassification(RobertaConfig())
 (random weights) at batch 16 x 256 tokens, adapters on query/value: LoRA r=8 (peft) vs ours (b=6).
 
-Timing: warm-up, then the median of several repeats (3 per layer shape, 2 model steps; PEFT's C3A, far slower,
-once); methods are interleaved round by round so machine noise hits all of them alike.
+Timing: warm-up, then the median of several repeats (3 per layer shape; PEFT's C3A, far slower, once); methods
+are interleaved round by round so machine noise hits all of them alike. The model step runs in pairs (LoRA then
+ours, then ours then LoRA, ...): its ratio is the median of the per-pair ratios, printed with their spread, so
+that load from other jobs, which slows both steps of a pair alike, does not flip the verdict.
 Peak memory on CPU: peak resident set size (VmHWM after resetting it through /proc/self/clear_refs) minus the
 resident size just before the step. malloc is told (mallopt) to return every allocation of 64 KiB or more to the
 OS when freed, so RSS follows the live tensors. It includes everything the step allocates (outputs, saved
 activations, gradients, transients). On CUDA: torch.cuda.max_memory_allocated above the start of the step.
 
-Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better).
-Run: python scripts/bench_c3a.py [--quick]
+Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better), and a
+`SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
+Run: python scripts/bench_c3a.py [--quick] [--model-pairs 5]
 """
 from __future__ import annotations
 
@@ -206,7 +209,8 @@ def build_roberta(method: str, num_layers: int, device):
     return model
 
 
-def bench_model(batch, seq, num_layers, device, memory, warmup, repeats, sync) -> dict:
+def bench_model(batch, seq, num_layers, device, memory, pairs, sync) -> dict:
+    """One training step of each model: a warm-up each, then `pairs` timed pairs in alternating order."""
     gen = torch.Generator(device=device).manual_seed(2)
     input_ids = torch.randint(0, 50265, (batch, seq), device=device, generator=gen)
     labels = torch.randint(0, 2, (batch,), device=device, generator=gen)
@@ -224,12 +228,27 @@ def bench_model(batch, seq, num_layers, device, memory, warmup, repeats, sync) -
 
         steps[method] = step
         print(f"  {method}: {sum(p.numel() for p in trainable)} trainable parameters", flush=True)
-    results = run_interleaved(steps, memory, warmup, repeats, sync)
-    print(f"\nRoBERTa-base-shaped training step ({num_layers} layers), batch {batch}x{seq}, adapters on query/value")
-    print(f"  {'method':<10}{'step ms':>12}{'peak MiB':>11}   all ms")
-    for method, (t, peak, all_t) in results.items():
-        print(f"  {method:<10}{fmt_ms(t):>12}{fmt_mib(peak):>11}   " + " ".join(f"{s * 1e3:.0f}" for s in all_t))
-    return results
+    for step in steps.values():
+        step()
+    times, peaks = {name: [] for name in steps}, {name: [] for name in steps}
+    for pair in range(pairs):
+        for name in (("lora", "ours") if pair % 2 == 0 else ("ours", "lora")):
+            memory.start()
+            sync()
+            begin = time.perf_counter()
+            steps[name]()
+            sync()
+            times[name].append(time.perf_counter() - begin)
+            peaks[name].append(memory.stop())
+    ratios = [ours / lora for ours, lora in zip(times["ours"], times["lora"])]
+    print(f"\nRoBERTa-base-shaped training step ({num_layers} layers), batch {batch}x{seq}, adapters on query/value, "
+          f"{pairs} pairs")
+    print(f"  {'method':<10}{'step ms':>12}{'peak MiB':>11}   all ms (pair by pair)")
+    for name in steps:
+        print(f"  {name:<10}{fmt_ms(statistics.median(times[name])):>12}{fmt_mib(statistics.median(peaks[name])):>11}   "
+              + " ".join(f"{s * 1e3:.0f}" for s in times[name]))
+    print("  ours / lora per pair: " + " ".join(f"{r:.3f}" for r in ratios))
+    return {"ratios": ratios, "peak": {name: statistics.median(values) for name, values in peaks.items()}}
 
 
 def main(argv=None) -> None:
@@ -237,9 +256,13 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="small token counts and model (a smoke run)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--model-layers", type=int, default=12, help="encoder layers of the model-level step")
+    parser.add_argument("--model-pairs", type=int, default=5,
+                        help="timed (LoRA, ours) pairs of the model step; its ratio is the median over pairs")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the CPUs this process may use)")
     args = parser.parse_args(argv)
+    if args.model_pairs < 1:
+        parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
 
     device = torch.device(args.device)
     threads = args.threads
@@ -248,10 +271,10 @@ def main(argv=None) -> None:
     memory = PeakMemory(device)
     if args.quick:
         token_shapes, layer_warmup, layer_repeats = [(2, 256)], 1, 3
-        model_shape, model_layers, model_warmup, model_repeats = (2, 64), 2, 1, 2
+        model_shape, model_layers, model_pairs = (2, 64), 2, min(args.model_pairs, 3)
     else:
         token_shapes, layer_warmup, layer_repeats = [(32, 256), (128, 256)], 1, 3
-        model_shape, model_layers, model_warmup, model_repeats = (16, 256), args.model_layers, 1, 2
+        model_shape, model_layers, model_pairs = (16, 256), args.model_layers, args.model_pairs
     import peft
     import transformers
 
@@ -263,7 +286,7 @@ def main(argv=None) -> None:
                              "peak RSS (VmHWM) above the RSS at the start of the step"))
     begin = time.perf_counter()
     layers = bench_layers(token_shapes, device, memory, layer_warmup, layer_repeats, sync)
-    model = bench_model(*model_shape, model_layers, device, memory, model_warmup, model_repeats, sync)
+    model = bench_model(*model_shape, model_layers, device, memory, model_pairs, sync)
     print(f"\ntotal benchmark time {time.perf_counter() - begin:.0f} s")
 
     ratios = {}
@@ -280,11 +303,13 @@ def main(argv=None) -> None:
     for name in ("c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory"):
         values = [ratios[f"{m}_{n}_{name}"] for m, n in keys]
         ratios[name] = statistics.geometric_mean(values) if all(v > 0 for v in values) else statistics.mean(values)
-    ratios["c3a_vs_lora_step_time"] = model["ours"][0] / model["lora"][0]
-    ratios["c3a_vs_lora_step_peak_memory"] = model["ours"][1] / model["lora"][1]
+    ratios["c3a_vs_lora_step_time"] = statistics.median(model["ratios"])
+    ratios["c3a_vs_lora_step_peak_memory"] = model["peak"]["ours"] / model["peak"]["lora"]
     print()
     for name, value in ratios.items():
         print(f"RATIO {name} {value:.4f}")
+    print(f"SPREAD c3a_vs_lora_step_time min={min(model['ratios']):.4f} max={max(model['ratios']):.4f} "
+          f"pairs={len(model['ratios'])}")
 
 
 if __name__ == "__main__":

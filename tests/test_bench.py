@@ -1,4 +1,5 @@
-"""The benchmark script runs end to end (--quick) and prints parseable, positive RATIO lines (no timing claims)."""
+"""The benchmark script runs end to end (--quick) and prints parseable, positive RATIO lines (no timing claims);
+the model-step ratio is the median of paired ratios, printed with its spread."""
 import os
 import subprocess
 import sys
@@ -13,13 +14,24 @@ REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_pe
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
 def test_bench_quick_prints_ratios():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
-    command = [sys.executable, str(ROOT / "scripts" / "bench_c3a.py"), "--quick", "--device", "cpu", "--threads", "1"]
+    command = [sys.executable, str(ROOT / "scripts" / "bench_c3a.py"), "--quick", "--device", "cpu", "--threads", "1",
+               "--model-pairs", "3"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ratios = {}
+    ratios, spreads = {}, {}
     for line in proc.stdout.splitlines():
         if line.startswith("RATIO "):
             _, name, value = line.split()
             ratios[name] = float(value)
+        elif line.startswith("SPREAD "):
+            _, name, *fields = line.split()
+            spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
     assert set(REQUIRED) <= set(ratios), proc.stdout[-3000:]
     assert all(value > 0 for value in ratios.values()), ratios
+    step = spreads["c3a_vs_lora_step_time"]
+    assert step["pairs"] == 3
+    assert step["min"] <= ratios["c3a_vs_lora_step_time"] <= step["max"], (step, ratios)
+    # the per-pair ratios printed are the ones the median came from
+    [per_pair] = [line for line in proc.stdout.splitlines() if "ours / lora per pair:" in line]
+    values = sorted(float(v) for v in per_pair.split(":")[1].split())
+    assert len(values) == 3 and abs(values[1] - ratios["c3a_vs_lora_step_time"]) < 1e-3
