@@ -237,7 +237,9 @@ def test_tiny_pipeline_trains_only_the_adapter_and_writes_samples(tmp_path, monk
     from framework.pipeline import run
 
     seen = _watch_parameters(monkeypatch)
-    result = run(compose_cfg(_overrides(_make_images(tmp_path / "subject"), method), tmp_path))
+    # the LoRA run also mirrors to an offline W&B run: the grid must arrive there as an image
+    tracker = ["tracker=wandb", "tracker.mode=offline", f"tracker.dir={tmp_path / 'wb'}"] if method == "lora" else []
+    result = run(compose_cfg(_overrides(_make_images(tmp_path / "subject"), method, *tracker), tmp_path))
     assert result.status == "completed" and result.task == "dreambooth" and result.selection_metric == "neg_loss"
     assert all(np.isfinite(e["train_loss"]) for e in result.epochs) and np.isfinite(result.best_val["loss"])
     assert result.params["head"] == 0
@@ -252,11 +254,25 @@ def test_tiny_pipeline_trains_only_the_adapter_and_writes_samples(tmp_path, monk
 
     samples = Path(result.artifacts["samples"])
     with Image.open(samples) as grid:
-        assert grid.format == "PNG" and grid.width == 2 * 128  # two seeds, 32 px tiles shown at 128 px
+        assert grid.format == "PNG" and grid.width == 2 * 128 + 2  # two seeds, 32 px tiles shown at 128 px, 2 px apart
     info = json.loads(Path(result.artifacts["samples_info"]).read_text())
     assert info["seeds"] == [0, 1] and "random weights" in info["caption"] and "skipped" in info["clip"]
     data = json.loads(_results(tmp_path)[0].read_text())
     assert data["artifacts"]["samples"] == str(samples) and "skipped" in data["task_details"]["clip_scores"]
+    if tracker:
+        assert list((tmp_path / "wb").rglob("media/images/samples_*.png"))
+
+
+def test_offline_demo_preset_runs_one_step(tmp_path):
+    """experiment=diffusion/tiny_demo (make diffusion-demo) with the tests' images, one step."""
+    from framework.pipeline import run
+
+    cfg = compose_cfg(["experiment=diffusion/tiny_demo", f"task.instance_dir={_make_images(tmp_path / 'subject', 1)}",
+                       "debug=fast", "trainer.max_steps_per_epoch=1", "task.num_class_images=1", "task.sample_steps=1",
+                       "task.sample_seeds=[0]"], tmp_path)
+    result = run(cfg)
+    assert result.status == "completed" and result.method_label == "C3A block=16" and result.model == "tiny-sd"
+    assert result.task_details["prior_preservation"] and result.task_details["class_images"]["generated"] == 1
 
 
 class _Killed(BaseException):

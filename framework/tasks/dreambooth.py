@@ -62,6 +62,7 @@ class DreamBoothTask(Task):
                  sample_prompts: Optional[Sequence[str]] = None, sample_seeds: Sequence[int] = (0, 1, 2, 3),
                  sample_steps: int = 25, guidance_scale: float = 7.5, sampler: str = "dpm_solver",
                  sample_batch_size: int = 4, clip_model: Optional[str] = None,
+                 max_train_samples: Optional[int] = None, max_eval_samples: Optional[int] = None,
                  cache_dir: str = "~/.cache/c3a", name: str = "dreambooth"):
         self.name = name
         self.instance_dir = None if instance_dir is None else Path(instance_dir).expanduser()
@@ -75,6 +76,7 @@ class DreamBoothTask(Task):
         self.sample_seeds = list(sample_seeds)
         self.sample_steps, self.guidance_scale, self.sampler = sample_steps, guidance_scale, sampler
         self.sample_batch_size, self.clip_model = sample_batch_size, clip_model
+        self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.cache_dir = Path(cache_dir).expanduser()
         self._instances = None
         self._classes_given = []
@@ -94,6 +96,9 @@ class DreamBoothTask(Task):
         for key in ("resolution", "repeats", "val_draws", "sample_steps", "sample_batch_size", "num_class_images"):
             _positive_int(key, getattr(self, key))
         _positive_int("val_images", self.val_images, minimum=0)
+        for key in ("max_train_samples", "max_eval_samples"):  # smoke runs (debug=fast)
+            if getattr(self, key) is not None:
+                _positive_int(key, getattr(self, key))
         _positive_int("draw_seed", self.draw_seed, minimum=0)
         if not isinstance(self.prior_preservation, bool):
             raise ValueError(f"task.prior_preservation={self.prior_preservation!r} must be true or false")
@@ -214,11 +219,12 @@ class DreamBoothTask(Task):
         classes = None
         if self.prior_preservation:
             classes = torch.stack([to_pixels(image, self.resolution) for image in self._class_images()])
-        base = self.draw_seed * 100_000
+        base, draws = self.draw_seed * 100_000, min(self.val_draws, self.max_eval_samples or self.val_draws)
         splits = {
-            "train": DreamBoothTrainSet(train_pixels, self.instance_prompt, self.repeats, classes, self.class_prompt),
-            "val": FixedDraws(pool, self.instance_prompt, [base + VAL_SEEDS + k for k in range(self.val_draws)]),
-            "test": FixedDraws(pool, self.instance_prompt, [base + TEST_SEEDS + k for k in range(self.val_draws)]),
+            "train": DreamBoothTrainSet(train_pixels, self.instance_prompt, self.repeats, classes, self.class_prompt,
+                                        self.max_train_samples),
+            "val": FixedDraws(pool, self.instance_prompt, [base + VAL_SEEDS + k for k in range(draws)]),
+            "test": FixedDraws(pool, self.instance_prompt, [base + TEST_SEEDS + k for k in range(draws)]),
         }
         files = [p.name for p in image_files(self.instance_dir)]
         self._details.update(
@@ -307,6 +313,8 @@ class DreamBoothTask(Task):
             "eval_protocol": ("val and test: fixed (image, noise, timestep) draws, one seed each, different seeds "
                               "for val and test; loss = noise-prediction MSE"),
             "val_draws": self.val_draws,
+            "max_train_samples": self.max_train_samples,
+            "max_eval_samples": self.max_eval_samples,
             "draw_seed": self.draw_seed,
             "prior_preservation": self.prior_preservation,
             "class_prompt": self.class_prompt if self.prior_preservation else None,

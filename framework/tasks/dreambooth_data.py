@@ -38,13 +38,15 @@ def to_pixels(image: Image.Image, resolution: int) -> torch.Tensor:
 
 class DreamBoothTrainSet(torch.utils.data.Dataset):
     """Row i: instance image i mod n with the instance prompt, and (prior preservation) class image
-    i mod m with the class prompt. ``repeats`` lengthens an epoch over a handful of instance images."""
+    i mod m with the class prompt. ``repeats`` lengthens an epoch over a handful of instance images;
+    ``limit`` (smoke runs) shortens it."""
 
     def __init__(self, instance: torch.Tensor, instance_prompt: str, repeats: int,
-                 classes: torch.Tensor | None = None, class_prompt: str | None = None):
+                 classes: torch.Tensor | None = None, class_prompt: str | None = None, limit: int | None = None):
         self.instance, self.instance_prompt = instance, instance_prompt
         self.classes, self.class_prompt = classes, class_prompt
         self.length = max(len(instance) * repeats, 0 if classes is None else len(classes))
+        self.length = min(self.length, limit or self.length)
 
     def __len__(self) -> int:
         return self.length
@@ -89,26 +91,27 @@ def collate_draws(rows: list[dict]) -> dict:
             "draw_seeds": torch.tensor([row["draw_seed"] for row in rows], dtype=torch.long)}
 
 
-def image_grid(rows: Sequence[Sequence[Image.Image]], caption: str, min_tile: int = 128) -> Image.Image:
-    """Rows of equal-size tiles under a word-wrapped caption; small tiles are enlarged (nearest
-    neighbour, whole factors) to at least ``min_tile`` pixels so a tiny model's grid stays viewable."""
+def image_grid(rows: Sequence[Sequence[Image.Image]], caption: str, min_tile: int = 128, gap: int = 2) -> Image.Image:
+    """Rows of equal-size tiles (``gap`` white pixels apart) under a word-wrapped caption; small tiles
+    are enlarged (nearest neighbour, whole factors) to at least ``min_tile`` pixels to stay viewable."""
     import textwrap
 
     tile_w, tile_h = rows[0][0].size
     factor = max(1, -(-min_tile // min(tile_w, tile_h)))
     tile_w, tile_h = tile_w * factor, tile_h * factor
-    width = tile_w * max(len(row) for row in rows)
-    font = ImageFont.load_default()
-    lines = textwrap.wrap(caption, width=max(16, width // 6)) or [""]
-    header = 12 * len(lines) + 4
-    grid = Image.new("RGB", (width, header + tile_h * len(rows)), "white")
+    columns = max(len(row) for row in rows)
+    width = columns * tile_w + (columns - 1) * gap
+    font, line = ImageFont.load_default(size=12), 15
+    lines = textwrap.wrap(caption, width=max(16, width // 7)) or [""]
+    header = line * len(lines) + 4
+    grid = Image.new("RGB", (width, header + len(rows) * (tile_h + gap) - gap), "white")
     draw = ImageDraw.Draw(grid)
-    for number, line in enumerate(lines):
-        draw.text((2, 2 + 12 * number), line, fill="black", font=font)
+    for number, text in enumerate(lines):
+        draw.text((2, 2 + line * number), text, fill="black", font=font)
     for r, row in enumerate(rows):
         for c, tile in enumerate(row):
             tile = tile.convert("RGB").resize((tile_w, tile_h), Image.Resampling.NEAREST)
-            grid.paste(tile, (c * tile_w, header + r * tile_h))
+            grid.paste(tile, (c * (tile_w + gap), header + r * (tile_h + gap)))
     return grid
 
 
