@@ -165,6 +165,11 @@ class Job:
     def tokens_per_run(self) -> float:
         return sum(tokens for tokens, _ in self.parts().values())
 
+    def text_tokens_per_run(self) -> float:
+        """The tokens of the examples themselves, without padding."""
+        train, dev = TOKEN_STATS[self.task]["train"][0], TOKEN_STATS[self.task]["dev"][0]
+        return (self.examples_per_run + self.epochs * self.val) * train + self.test_passes * self.test * dev
+
     def flops_per_run(self, parts: tuple[str, ...] = ("train", "val", "test")) -> float:
         return sum(tokens * flops for name, (tokens, flops) in self.parts().items() if name in parts)
 
@@ -257,12 +262,14 @@ def hours(job: Job, rate: Throughput) -> float:
 
 
 def totals(jobs: list[Job], rate: Throughput) -> dict[str, dict[str, float]]:
-    """Per model row (Base, Large) and "all": runs, optimizer steps, tokens, FLOPs (eval_flops of them), hours."""
+    """Per model row (Base, Large) and "all": runs, optimizer steps, tokens (text_tokens without padding), FLOPs
+    (eval_flops of them), hours."""
     out = {}
     for name in [*dict.fromkeys(job.model_row for job in jobs), "all"]:
         part = [job for job in jobs if name in ("all", job.model_row)]
         out[name] = {"runs": sum(j.seeds for j in part), "steps": sum(j.seeds * j.steps_per_run for j in part),
                      "tokens": sum(j.seeds * j.tokens_per_run() for j in part),
+                     "text_tokens": sum(j.seeds * j.text_tokens_per_run() for j in part),
                      "flops": sum(j.seeds * j.flops_per_run() for j in part),
                      "eval_flops": sum(j.seeds * j.flops_per_run(("val", "test")) for j in part),
                      "hours": sum(hours(j, rate) for j in part)}
@@ -280,7 +287,8 @@ def format_report(jobs: list[Job], rate: Throughput) -> str:
     lines += ["", f"time from: {rate.source.upper()}: {rate.description}", ""]
     for name, t in totals(jobs, rate).items():
         lines.append(f"Table 2 {name:<5}: {t['runs']:>4} runs, {t['steps']:>12,} optimizer steps, "
-                     f"{t['tokens'] / 1e9:>6.2f} G tokens, {t['flops'] / 1e18:>5.1f} EFLOP (evaluation "
+                     f"{t['tokens'] / 1e9:>6.2f} G tokens ({t['tokens'] / t['text_tokens']:.1f}x the text: padding), "
+                     f"{t['flops'] / 1e18:>5.1f} EFLOP (evaluation "
                      f"{t['eval_flops'] / t['flops']:.0%}), {t['hours']:>8,.1f} hours on {rate.device}")
     return "\n".join(lines)
 

@@ -36,10 +36,10 @@ def test_plan_covers_every_row_task_and_seed_and_totals_add_up(plan):
     assert [(j.preset, j.task) for j in plan] == [(r.preset, t) for r in spec.rows for t in spec.task_names]
     t = cost.totals(plan, cost.flop_model_throughput("a100-fp32", 0.4))
     assert t["all"]["runs"] == 16 * 6 * 5 and t["Base"]["runs"] == t["Large"]["runs"] == 8 * 6 * 5
-    for key in ("runs", "steps", "tokens", "flops", "eval_flops", "hours"):
+    for key in ("runs", "steps", "tokens", "text_tokens", "flops", "eval_flops", "hours"):
         assert math.isclose(t["Base"][key] + t["Large"][key], t["all"][key])
     assert math.isclose(t["all"]["hours"], sum(cost.hours(j, cost.flop_model_throughput("a100-fp32", 0.4)) for j in plan))
-    assert 0 < t["all"]["eval_flops"] < t["all"]["flops"]
+    assert 0 < t["all"]["eval_flops"] < t["all"]["flops"] and 0 < t["all"]["text_tokens"] < t["all"]["tokens"]
 
 
 def test_epochs_batches_examples_and_steps_follow_the_presets_and_the_holdout_split(plan):
