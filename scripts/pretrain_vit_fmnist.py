@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data-dir", type=Path, default=DATA_DIR)
     parser.add_argument("--model-file", type=Path, default=ROOT / "conf" / "model" / "vit-fmnist.yaml",
                         help="model entry whose `architecture` is trained")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--weight-decay", type=float, default=0.05)
