@@ -57,7 +57,7 @@ def _offline_error(what: str, source: str, err: Exception) -> OSError:
     return OSError(
         f"cannot load {what} {source!r}: it is not a local folder and the Hugging Face Hub is not reachable "
         f"({'offline mode is set' if hub.offline() else type(err).__name__}). Point at local files with "
-        f"model.pretrained=/path/to/model (a folder with config.json and weights), use a pip-shipped "
+        f"model.pretrained=/path/to/model (a folder with config.json or model_index.json and weights), use a pip-shipped "
         f"model (model=minilm, model=smollm2), or model.pretrained=null to build the architecture with "
         f"random weights.")
 
@@ -71,8 +71,10 @@ def check_source(model_cfg: Mapping[str, Any]) -> None:
         if not Path(source).exists() and hub.offline():
             try:  # a Hub id may still be in the local cache
                 from huggingface_hub import try_to_load_from_cache
-                filename = "config.json" if key == "pretrained" else "tokenizer_config.json"
-                cached = try_to_load_from_cache(source, filename)
+                # a transformers repo has config.json at its root, a diffusers pipeline model_index.json
+                names = ("config.json", "model_index.json") if key == "pretrained" else ("tokenizer_config.json",)
+                cached = next((hit for hit in (try_to_load_from_cache(source, name) for name in names)
+                               if isinstance(hit, str)), None)
             except Exception:  # noqa: BLE001 - any failure means "not cached"
                 cached = None
             if not isinstance(cached, str):

@@ -1,4 +1,4 @@
-"""Experiment trackers (`conf/tracker/`): W&B (offline by default) and a no-op. Runs call only these four methods."""
+"""Experiment trackers (`conf/tracker/`): W&B (offline by default) and a no-op. Runs call only these five methods."""
 from __future__ import annotations
 
 import os
@@ -13,6 +13,8 @@ class NullTracker:
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None: ...
 
     def summary(self, values: dict[str, Any]) -> None: ...
+
+    def log_image(self, name: str, path: str, caption: str = "", values: dict[str, Any] | None = None) -> None: ...
 
     def finish(self, failed: bool = False) -> None: ...
 
@@ -44,6 +46,13 @@ class WandbTracker(NullTracker):
     def log(self, metrics: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:
             self.run.log(metrics, step=step)
+
+    def log_image(self, name: str, path: str, caption: str = "", values: dict[str, Any] | None = None) -> None:
+        """An image file (e.g. a sample grid) with optional scalar values beside it."""
+        if self.run is not None:
+            import wandb
+
+            self.run.log({name: wandb.Image(str(path), caption=caption), **(values or {})})
 
     def summary(self, values: dict[str, Any]) -> None:
         if self.run is not None:

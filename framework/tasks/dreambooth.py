@@ -288,20 +288,9 @@ class DreamBoothTask(Task):
             record["clip"] = {"skipped": self._clip_note}
         info_path = output_dir / "samples.json"
         atomic_write_text(info_path, json.dumps(record, indent=2))
-        self._log_to_tracker(tracker, grid_path, caption, record["clip"])
+        tracker.log_image("samples", str(grid_path), caption=caption,
+                          values={f"clip/{key}": record["clip"][key] for key in ("clip_t", "clip_i") if key in record["clip"]})
         return {"samples": str(grid_path), "samples_info": str(info_path)}
-
-    @staticmethod
-    def _log_to_tracker(tracker, grid_path: Path, caption: str, clip: Mapping[str, Any]) -> None:
-        """The W&B tracker exposes its run; the null tracker has none and records nothing."""
-        run = getattr(tracker, "run", None)
-        if run is None:
-            return
-        import wandb
-
-        values = {"samples": wandb.Image(str(grid_path), caption=caption)}
-        values.update({f"clip/{key}": clip[key] for key in ("clip_t", "clip_i") if key in clip})
-        run.log(values)
 
     def describe(self) -> dict:
         return {
