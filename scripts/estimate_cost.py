@@ -119,6 +119,7 @@ class Shape:
 
 
 def model_shape(model, arch) -> Shape:
+    """N and N_t of an adapted model (embedding lookups are not matmuls), with the architecture's size."""
     import torch
 
     embedding = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
@@ -301,7 +302,7 @@ def calibrate(spec: TableSpec, jobs: list[Job], row_preset: str, batch: int, len
 
     job = next(j for j in jobs if j.preset == row_preset)
     row = next(r for r in spec.rows if r.preset == row_preset)
-    built = build_row(row, "random", ["model.pretrained=null", "task=sst2"])
+    built = build_row(row, "random", ["model.pretrained=null", f"task={spec.task_names[0]}"])
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     model = built.adapted.model.to(device).train()
     trainable = [p for _, p in built.adapted.head + built.adapted.adapter]
@@ -334,7 +335,8 @@ def calibrate(spec: TableSpec, jobs: list[Job], row_preset: str, batch: int, len
         sync()
         return time.perf_counter() - begin
 
-    step(), layer_matmuls()  # warm-up
+    step()  # warm-up
+    layer_matmuls()
     steps, matmuls = [], []
     for _ in range(repeats):  # interleaved, so that load on a shared machine hits both alike
         matmuls.append(timed(layer_matmuls))
@@ -430,6 +432,8 @@ def check_args(args: argparse.Namespace) -> None:
     for flag in ("measure_batch", "measure_length", "repeats", "threads"):
         if getattr(args, flag) < 1:
             raise CostError(f"--{flag.replace('_', '-')} {getattr(args, flag)!r} must be an integer >= 1")
+    if args.write_step_json and args.no_measure:
+        raise CostError("--write-step-json saves the step measured here: drop --no-measure")
     given = [f for f in ("step_time_s", "step_batch", "step_length") if getattr(args, f) is not None]
     if given and args.step_json:
         raise CostError("give a measured step either as --step-time-s/--step-batch/--step-length or as --step-json")

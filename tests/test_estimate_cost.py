@@ -129,6 +129,7 @@ def _bad_json(tmp_path, **changes):
     (["--step-json", "nowhere.json"], "--step-json 'nowhere.json' does not exist"),
     (["--step-json", "x.json", "--step-time-s", "1", "--step-batch", "8", "--step-length", "9"], "either as"),
     (["--measure-batch", "0"], "--measure-batch 0 must be an integer >= 1"),
+    (["--no-measure", "--write-step-json", "step.json"], "--write-step-json saves the step measured here"),
     ("missing seq_len", "lacks ['seq_len']"),
     ("text step time", "step_time_s='fast' is not a float"),
 ])
