@@ -81,6 +81,12 @@ def test_head_is_sized_to_the_classes(tmp_path):
     assert spec.model_kwargs["label2id"] == {name: i for i, name in enumerate(CLASSES)}
 
 
+def test_explicit_class_list_sizes_the_head_without_reading_data(tmp_path):
+    task = make_task(tmp_path, source="hub", data_dir=None, hub_dataset="no/such-dataset", classes=["a", "b"])
+    assert task.head().model_kwargs["id2label"] == {0: "a", 1: "b"}  # no Hub access was needed
+    assert task._pools is None
+
+
 def test_val_is_carved_from_train_with_the_split_seed(tmp_path, processor):
     task = make_task(tmp_path, val_size=None, sizes={"train": 11, "val": 4, "test": 6})
     splits = task.splits(processor)

@@ -191,6 +191,9 @@ class ImageClassificationTask(Task):
 
     # ------------------------------------------------------------------- data
     def class_names(self) -> list[str]:
+        """``task.classes`` when given (no data read: e.g. counting parameters), else the data's classes."""
+        if self.classes is not None:
+            return list(self.classes)
         self._load_pools()
         return list(self._class_names)
 
@@ -330,10 +333,10 @@ class ImageClassificationTask(Task):
 
     # ------------------------------------------------------- loss and metrics
     def _logits(self, model, batch: dict) -> torch.Tensor:
-        logits = model(pixel_values=batch["pixel_values"]).logits
-        if logits.ndim != 2 or logits.shape[-1] != len(self._class_names or []) or logits.shape[0] != batch["labels"].shape[0]:
+        logits, classes = model(pixel_values=batch["pixel_values"]).logits, len(self.class_names())
+        if logits.ndim != 2 or logits.shape[-1] != classes or logits.shape[0] != batch["labels"].shape[0]:
             raise ValueError(f"{self.name}: the model's logits have shape {tuple(logits.shape)}; expected "
-                             f"({batch['labels'].shape[0]}, {len(self._class_names or [])}): one per class")
+                             f"({batch['labels'].shape[0]}, {classes}): one per class")
         return logits.float()
 
     def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
