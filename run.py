@@ -10,6 +10,8 @@ import sys
 
 for _var in ("HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM"):
     os.environ.setdefault(_var, "1" if _var.endswith("TELEMETRY") else "false")
+# paths.root_dir: results, caches and Hydra's folders live under the directory run.py is started from
+os.environ.setdefault("C3A_ROOT", os.getcwd())
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
