@@ -53,7 +53,9 @@ def resolve_source(source: str | None) -> str | None:
     return str(folder)
 
 
-def _offline_error(what: str, source: str, err: Exception) -> OSError:
+def _offline_error(what: str, source: str, err: Exception, made_by: str | None = None) -> OSError:
+    if made_by:  # weights this project makes locally (e.g. the Fashion-MNIST ViT)
+        return OSError(f"cannot load {what} {source!r}: it does not exist yet; make it with `{made_by}`")
     return OSError(
         f"cannot load {what} {source!r}: it is not a local folder and the Hugging Face Hub is not reachable "
         f"({'offline mode is set' if hub.offline() else type(err).__name__}). Point at local files with "
@@ -64,10 +66,13 @@ def _offline_error(what: str, source: str, err: Exception) -> OSError:
 
 def check_source(model_cfg: Mapping[str, Any]) -> None:
     """Fail before compute when the weights cannot possibly be found (offline and not local)."""
-    for key in ("pretrained", "tokenizer"):
+    for key in ("pretrained", "tokenizer", "processor"):
         source = resolve_source(model_cfg.get(key))
         if source is None:
             continue
+        if model_cfg.get("made_by") and not Path(source).exists():
+            raise _offline_error(f"the {key} weights" if key == "pretrained" else f"the {key}", source,
+                                 RuntimeError("missing"), model_cfg.get("made_by"))
         if not Path(source).exists() and hub.offline():
             try:  # a Hub id may still be in the local cache
                 from huggingface_hub import try_to_load_from_cache
@@ -78,8 +83,8 @@ def check_source(model_cfg: Mapping[str, Any]) -> None:
             except Exception:  # noqa: BLE001 - any failure means "not cached"
                 cached = None
             if not isinstance(cached, str):
-                raise _offline_error("the model" if key == "pretrained" else "the tokenizer", source,
-                                     RuntimeError("offline"))
+                raise _offline_error("the model" if key == "pretrained" else f"the {key}", source,
+                                     RuntimeError("offline"), model_cfg.get("made_by"))
     if model_cfg.get("dtype", "float32") not in DTYPES:
         raise ValueError(f"model.dtype={model_cfg.get('dtype')!r} is not one of {sorted(DTYPES)}")
 
@@ -152,7 +157,7 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, head: HeadSpec, weights
     except OSError as err:
         if Path(source).exists():
             raise
-        raise _offline_error("the model", source, err) from err
+        raise _offline_error("the model", source, err, model_cfg.get("made_by")) from err
 
 
 def build_processor(model_cfg: Mapping[str, Any], kind: str):
