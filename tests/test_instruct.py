@@ -200,14 +200,18 @@ def test_malformed_rows_name_the_file_and_keys(tmp_path):
         task.check_data()
 
 
-def test_glue_as_instructions(tokenizer):
-    task = InstructTask("sst2-instruct", train={"format": "sst2-instruct", "path": "train.tsv"},
-                        test={"sst2": {"format": "sst2-instruct", "path": "dev.tsv"}},
-                        data_dir=str(TEST_GLUE / "SST-2"), val_size=4)
+@pytest.mark.parametrize("name,folder,keywords", [("sst2", "SST-2", ("positive", "negative")),
+                                                   ("rte", "RTE", ("true", "false"))])
+def test_glue_as_instructions(name, folder, keywords):
+    task = InstructTask(f"{name}-instruct", train={"format": f"{name}-instruct", "path": "train.tsv"},
+                        test={name: {"format": f"{name}-instruct", "path": "dev.tsv"}},
+                        data_dir=str(TEST_GLUE / folder), val_size=4)
     task.check_data()
-    example = task._examples["train"][0]
-    assert example.keywords == ("positive", "negative") and example.reference in example.keywords
-    assert example.target == f"the correct answer is {example.reference}"
+    for example in task._examples["train"]:
+        assert example.keywords == keywords and example.reference in keywords
+        assert example.target == f"the correct answer is {example.reference}"
+        assert f"Answer format: {keywords[0]}/{keywords[1]}" in example.instruction
+    assert {e.reference for e in task._examples["train"]} == set(keywords)  # both labels occur
 
 
 # --------------------------------------------------------------------------------- full runs
