@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench memory memory-gpu table2 demo clean
+.PHONY: help install test test-all params bench bench-loop memory memory-gpu cost table2 tables demo vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,7 +28,7 @@ test: ## Run the tests (without the slow ones), offline
 test-all: ## Run every test, the slow end-to-end ones too
 	$(PYTHON) -m pytest -q
 
-params: ## Trainable-parameter counts vs the paper (Table 2 rows, LLaMA rows), offline
+params: ## Trainable-parameter counts vs the paper (Tables 2, 3/4, A2 rows), offline
 	$(PYTHON) scripts/count_params.py
 
 bench: ## C3A operator speed and memory vs LoRA r=8 and PEFT's C3A (ratios side by side)
@@ -40,11 +40,29 @@ memory: ## Peak training memory per Table 2 method, CPU scaled-down version (rat
 memory-gpu: ## Peak training memory per Table 2 method at the paper's protocol (CUDA)
 	$(PYTHON) scripts/measure_memory.py --device cuda
 
+bench-loop: ## The trainer's own cost: the same MiniLM fine-tune through the trainer and a plain loop (ratio)
+	$(PYTHON) scripts/bench_loop.py
+
+cost: ## What the full Table 2 costs (runs, steps, tokens, GPU-hours) before you start
+	$(PYTHON) scripts/estimate_cost.py
+
 table2: ## Build Table 2 (Markdown, LaTeX, CSV, Figure 1) from results/runs
 	$(PYTHON) scripts/make_table.py
 
-demo: ## Small real sweep offline (MiniLM, shipped GLUE-format data): C3A, LoRA, BitFit × 2 seeds, then the table
+tables: ## Build every paper table declared in results/paper/*.yaml (Table 2, 3, 4, A2) from results/runs
+	$(PYTHON) scripts/make_table.py --table all
+
+demo: ## The main job offline: MiniLM on 3,000 shipped SST-2 sentences, head-only vs LoRA vs C3A, then the table
 	$(PYTHON) scripts/demo.py
+
+vit-pretrain: ## Pre-train the small ViT on Fashion-MNIST once (needs: apt-get install dataset-fashion-mnist)
+	$(PYTHON) scripts/pretrain_vit_fmnist.py
+
+vit-demo: vit-pretrain ## Offline ViT demo: Head/LoRA/C3A/Full x 2 seeds on scikit-learn's digits, then the runs
+	$(PYTHON) run.py -m experiment=vit-digits/head,vit-digits/lora,vit-digits/c3a,vit-digits/full seed=0,1 tracker=none
+
+diffusion-demo: ## Offline DreamBooth demo on the tiny random SD pipeline (a scikit-image photo), grid in results/diffusion/
+	$(PYTHON) scripts/diffusion_demo.py
 
 clean: ## Remove Hydra outputs, caches and checkpoints (keeps results/)
 	rm -rf outputs multirun cache checkpoints .pytest_cache
