@@ -298,8 +298,9 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
                 break
             with accelerator.accumulate(model):
                 loss = task.training_loss(model, batch)
-                if settings.fail_on_nonfinite and not torch.isfinite(loss.detach()).all():
-                    raise NonFiniteLossError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}: "
+                loss_value = loss.detach().float().item()  # the step's one host sync (NaN check, mean loss, bar)
+                if settings.fail_on_nonfinite and not math.isfinite(loss_value):
+                    raise NonFiniteLossError(f"loss is {loss_value} at epoch {epoch + 1}, step {step + 1}: "
                                              f"lower the learning rates (lr_adapter={settings.lr_adapter}, "
                                              f"lr_head={settings.lr_head}) or enable clipping")
                 accelerator.backward(loss)
@@ -307,15 +308,17 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
                     accelerator.clip_grad_norm_(trainable, float(settings.max_grad_norm))
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
-            losses.append(loss.detach().float().item())
+            losses.append(loss_value)
             seen += batch_examples(batch)
             if accelerator.sync_gradients:
                 scheduler.step()
                 updates += 1
                 step += 1
+                if not bar.disable:  # refresh=False: the bar redraws at its own interval, not on every step
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}",
+                                    samples_per_s=f"{seen / max(time.perf_counter() - epoch_start, 1e-9):.1f}",
+                                    refresh=False)
                 bar.update(1)
-                bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[-1]:.2e}",
-                                samples_per_s=f"{seen / max(time.perf_counter() - epoch_start, 1e-9):.1f}")
         bar.close()
         epoch_time = time.perf_counter() - epoch_start
         train_samples += seen
@@ -347,18 +350,19 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
                              "best_value": best_value, "best_state": best_state}, checkpoint)
 
     peak = memory.report()
-    test_last = evaluate(accelerator, model, test_loader, task)
+    # an epoch that scored test (test_every_epoch) did so on the very weights scored here: reuse, never score twice
+    last_record, best_record = history[-1], history[best_epoch - 1]
+    test_last = last_record["test"] if "test" in last_record else evaluate(accelerator, model, test_loader, task)
     if best_epoch == len(history):  # the last epoch is the best: same weights, same score
         test_at_best = test_last
     else:
-        load_trainable(adapted, best_state)
-        test_at_best = evaluate(accelerator, model, test_loader, task)
+        load_trainable(adapted, best_state)  # the artifacts below come from the best state too
+        test_at_best = best_record["test"] if "test" in best_record else evaluate(accelerator, model, test_loader, task)
     artifacts = {}
     if artifacts_dir is not None and accelerator.is_main_process:
         model.eval()
         with torch.no_grad():
             artifacts = task.artifacts(accelerator.unwrap_model(model), Path(artifacts_dir), tracker)
-    best_record = history[best_epoch - 1]
     return {
         "epochs": history,
         "best_epoch": best_epoch,
