@@ -245,8 +245,8 @@ def bench_model(batch, seq, num_layers, device, memory, pairs, sync) -> dict:
           f"{pairs} pairs")
     print(f"  {'method':<10}{'step ms':>12}{'peak MiB':>11}   all ms (pair by pair)")
     for name in steps:
-        print(f"  {name:<10}{fmt_ms(statistics.median(times[name])):>12}{fmt_mib(statistics.median(peaks[name])):>11}   "
-              + " ".join(f"{s * 1e3:.0f}" for s in times[name]))
+        step_ms, peak_mib = fmt_ms(statistics.median(times[name])), fmt_mib(statistics.median(peaks[name]))
+        print(f"  {name:<10}{step_ms:>12}{peak_mib:>11}   " + " ".join(f"{s * 1e3:.0f}" for s in times[name]))
     print("  ours / lora per pair: " + " ".join(f"{r:.3f}" for r in ratios))
     return {"ratios": ratios, "peak": {name: statistics.median(values) for name, values in peaks.items()}}
 

@@ -21,7 +21,8 @@ from pathlib import Path
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs a
 # spinning thread burns the core its sibling is waiting for (measured on 2 loaded cores: a MiniLM step took
-# 3 s passive vs 13 s spinning); on an idle machine it makes no measurable difference. Set before torch loads.
+# 3 s passive vs 13 s spinning; not measured on an idle machine, where waking a sleeping thread may cost a
+# little). OMP_WAIT_POLICY=ACTIVE in the environment wins. Set before torch loads.
 for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
                      ("TOKENIZERS_PARALLELISM", "false"), ("OMP_WAIT_POLICY", "PASSIVE")):
     os.environ.setdefault(_var, _value)
@@ -50,8 +51,8 @@ def compose_config(overrides: list[str], root: Path = ROOT):
 
 def scores_table(results, spec) -> str:
     """Each demo run's scores next to the paper's RoBERTa-base SST-2 number for the same method label."""
-    lines = ["| method | trainable params (excl. head) | val acc per epoch | SST-2 dev acc | the paper (RoBERTa-base) |",
-             "|---|---:|---|---:|---:|"]
+    lines = ["| method | trainable params (excl. head) | val acc per epoch | SST-2 dev acc "
+             "| the paper (RoBERTa-base) |", "|---|---:|---|---:|---:|"]
     for r in results:
         paper = spec.paper_row(PAPER_MODEL_ROW, r.method_label)
         lines.append(f"| {r.method_label} | {r.params['trainable_excl_head']:,} | "

