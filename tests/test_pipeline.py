@@ -51,8 +51,9 @@ def test_each_method_trains_and_writes_a_valid_result(tmp_path, method):
     assert not list(tmp_path.rglob("*.tmp")), "atomic writes leave no temp files"
 
 
-def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, monkeypatch):
-    """Scripted validation scores: the peak at epoch 2 is chosen, and test runs on epoch 2's weights."""
+@pytest.mark.parametrize("test_every_epoch", [False, True])
+def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, monkeypatch, test_every_epoch):
+    """Scripted validation scores: the peak at epoch 2 is chosen, and its test score is epoch 2's weights'."""
     import framework.trainer as train
 
     val_scores = iter([0.50, 0.90, 0.70])
@@ -79,13 +80,19 @@ def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, 
 
     monkeypatch.setattr(Accelerator, "prepare", prepare)
     monkeypatch.setattr(train, "evaluate", scripted_evaluate)
-    result = _run(tmp_path, tiny_overrides("sst2", "c3a") + ["trainer.epochs=3"])
+    result = _run(tmp_path, tiny_overrides("sst2", "c3a") + ["trainer.epochs=3",
+                                                             f"trainer.test_every_epoch={str(test_every_epoch).lower()}"])
     assert result.best_epoch == 2 and result.best_val == {"accuracy": 0.90}
     assert [e["val"]["accuracy"] for e in result.epochs] == [0.50, 0.90, 0.70]
-    # the last test call is the one made with the best epoch's trainable state
-    assert torch.equal(scripted_evaluate.tested[-1], snapshots["epoch2"])
-    assert not torch.equal(scripted_evaluate.tested[-2], snapshots["epoch2"])  # test_last used epoch 3's
-    assert result.test_at_best["accuracy"] == len(scripted_evaluate.tested)
+    if test_every_epoch:  # each epoch scored test once; the reported scores are epoch 2's and epoch 3's
+        assert len(scripted_evaluate.tested) == 3
+        assert torch.equal(scripted_evaluate.tested[1], snapshots["epoch2"])
+        assert result.test_at_best == {"accuracy": 2.0} and result.test_last == {"accuracy": 3.0}
+    else:  # test_last on epoch 3's weights, then the best epoch's trainable state is loaded and tested
+        assert len(scripted_evaluate.tested) == 2
+        assert torch.equal(scripted_evaluate.tested[-1], snapshots["epoch2"])
+        assert not torch.equal(scripted_evaluate.tested[-2], snapshots["epoch2"])
+        assert result.test_at_best == {"accuracy": 2.0} and result.test_last == {"accuracy": 1.0}
 
 
 class _Killed(BaseException):
