@@ -17,7 +17,6 @@ their scoring rules are in ``instruct_data``. What the task does:
 """
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -30,7 +29,6 @@ from framework.tasks import answers
 from framework.tasks.base import HeadSpec, Task
 from framework.tasks.instruct_data import Example, check_source, read_source
 
-log = logging.getLogger(__name__)
 IGNORE = -100
 VAL_METRICS = ("accuracy", "loss")
 _ALPACA_HEAD = "Below is an instruction that describes a task{}. Write a response that appropriately completes the request.\n\n"
