@@ -236,6 +236,9 @@ def test_pipeline_runs_an_instruction_task(tmp_path, method, extra):
 
 PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                  for d in ("table3", "table4") for p in (CONF / "experiment" / d).glob("*.yaml"))
+# one step of every preset takes minutes on 2 cores: `make test` runs one per table and method family
+# (C3A on Table 3, LoRA on Table 4), `make test-all` runs them all
+FAST_PRESETS = ("table3/llama2_c3a", "table4/llama3_lora")
 
 
 def preset_data(preset: str, task: str) -> list[str]:
@@ -250,7 +253,8 @@ def preset_data(preset: str, task: str) -> list[str]:
             "task.test.mbpp.hub=null", f"task.test.mbpp.path={DATA / 'code' / 'mbpp.jsonl'}"]
 
 
-@pytest.mark.parametrize("index,preset", list(enumerate(PRESETS)))
+@pytest.mark.parametrize("index,preset", [
+    pytest.param(i, p, marks=() if p in FAST_PRESETS else pytest.mark.slow) for i, p in enumerate(PRESETS)])
 def test_table_presets_compose_and_run_one_step(tmp_path, index, preset):
     from framework.pipeline import run
 
