@@ -358,17 +358,10 @@ def load_all(folder: Path = PAPER_DIR) -> list[TableSpec]:
 def compose_row(row: SpecRow, extra_overrides: tuple[str, ...] | list[str] = ()):
     """The row's run config, composed as ``run.py`` composes it (Hydra's runtime fields set so that every
     interpolation resolves). Unless ``extra_overrides`` swap the model, the preset must run ``row.model``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from framework.compose import compose_config
 
     overrides = [*row.overrides_for_compose(), *extra_overrides]
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(ROOT / "outputs")
-            cfg.hydra.runtime.cwd = str(ROOT)
-        HydraConfig.instance().set_config(cfg)
+    cfg = compose_config(overrides)
     swapped = any(o.split("=", 1)[0].lstrip("+~") == "model" for o in extra_overrides)
     if not swapped and cfg.model.name != row.model:
         raise SpecError(f"row {row.model} {row.label!r}: composing {overrides} gives model {cfg.model.name!r}, "

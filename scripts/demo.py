@@ -34,21 +34,6 @@ PAPER_TABLE, PAPER_MODEL_ROW, PAPER_SETTING_LABEL = "table2", "Base", "C3A b=6" 
 SST2_TRAIN_SIZE = 67_349  # GLUE SST-2 train.tsv rows: what the paper trains on
 
 
-def compose_config(overrides: list[str], root: Path = ROOT):
-    """The config `python run.py <overrides>` would run (Hydra's runtime fields set as run.py's are)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(root / "outputs")
-            cfg.hydra.runtime.cwd = str(root)
-        HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def scores_table(results, spec) -> str:
     """Each demo run's scores next to the paper's RoBERTa-base SST-2 number for the same method label."""
     lines = ["| method | trainable params (excl. head) | val acc per epoch | SST-2 dev acc "
@@ -91,6 +76,7 @@ def setting_comparison(results, spec) -> str:
 
 
 def main(argv: list[str]) -> int:
+    from framework.compose import compose_config
     from framework.pipeline import InputError, run
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -102,7 +88,7 @@ def main(argv: list[str]) -> int:
     for preset in PRESETS:
         print(f"\n== {preset}", flush=True)
         try:
-            results.append(run(compose_config([f"experiment={preset}", *argv])))
+            results.append(run(compose_config([f"experiment={preset}", *argv], ROOT)))
         except InputError as err:
             print(f"bad input: {err}", file=sys.stderr)
             return 2

@@ -19,18 +19,10 @@ GLUE_DIRS = {"sst2": "SST-2", "mrpc": "MRPC", "cola": "CoLA", "qnli": "QNLI", "r
 
 
 def compose_cfg(overrides: list[str], root: Path):
-    """Compose conf/ like run.py does, with Hydra's runtime fields set so every interpolation resolves."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """Compose conf/ like run.py does, with ``root`` as paths.root_dir (framework.compose)."""
+    from framework.compose import compose_config
 
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("config", overrides=[f"paths.root_dir={root}", *overrides], return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(root / "outputs")
-            cfg.hydra.runtime.cwd = str(root)
-        HydraConfig.instance().set_config(cfg)
-    return cfg
+    return compose_config(overrides, root)
 
 
 def tiny_overrides(task: str = "sst2", method: str = "c3a") -> list[str]:
