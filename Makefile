@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop memory memory-gpu cost table2 tables demo vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all params bench bench-loop memory memory-gpu cost table2 tables demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -57,6 +57,19 @@ tables: ## Build every paper table declared in results/paper/*.yaml (Table 2, 3,
 
 demo: ## The main job offline: MiniLM on 3,000 shipped SST-2 sentences, head-only vs LoRA vs C3A, then the table
 	$(PYTHON) scripts/demo.py
+
+GLUE_DIR ?= ../shared/data/glue
+LLAMA_CPU = model=smollm2 task=sst2-instruct task.data_dir=$(GLUE_DIR)/SST-2 task.max_train_samples=256 task.val_size=64 task.max_eval_samples=200 trainer.eval_batch_size=32 trainer.test_every_epoch=false tracker=none
+llama-cpu: ## SmolLM2-135M (pip package) on SST-2 as instructions: zero-shot vs C3A vs LoRA, CPU (about 40 min); GLUE_DIR=…
+	$(PYTHON) scripts/zero_shot.py $(LLAMA_CPU)
+	$(PYTHON) run.py $(LLAMA_CPU) method=c3a method.b=null method.block_size=64 +method.block_size_pattern.up_proj=192 +method.block_size_pattern.down_proj=192 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=0.3
+	$(PYTHON) run.py $(LLAMA_CPU) method=lora method.r=8 method.lora_alpha=16 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=1e-3
+
+table3: ## Table 3 sweep (GPU, Hub): LLaMA2-7B/3-8B x C3A, LoRA, DoRA, VeRA on commonsense; DATA=LLM-Adapters checkout
+	$(PYTHON) run.py -m experiment=table3/llama2_c3a,table3/llama2_lora,table3/llama2_dora,table3/llama2_vera,table3/llama3_c3a,table3/llama3_lora,table3/llama3_dora,table3/llama3_vera task.data_dir=$(DATA)
+
+table4: ## Table 4 sweep (GPU, Hub): math and code x C3A, LoRA, DoRA, VeRA; MATH_TEST=MATH test JSONL
+	$(PYTHON) run.py -m experiment=table4/llama2_c3a,table4/llama2_lora,table4/llama2_dora,table4/llama2_vera,table4/llama3_c3a,table4/llama3_lora,table4/llama3_dora,table4/llama3_vera task=math,code task.test.math.path=$(MATH_TEST)
 
 vit-pretrain: ## Pre-train the small ViT on Fashion-MNIST once (needs: apt-get install dataset-fashion-mnist)
 	$(PYTHON) scripts/pretrain_vit_fmnist.py
