@@ -75,6 +75,7 @@ def test_bench_loop_prints_ratios():
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ratios = {line.split()[1]: float(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("RATIO ")}
-    assert set(ratios) == {"trainer_vs_plain_loop", "trainer_vs_plain_loop_train_epochs"}, proc.stdout[-3000:]
+    assert set(ratios) == {"trainer_vs_plain_loop", "trainer_vs_plain_loop_train_epochs",
+                           "trainer_vs_plain_loop_cpu_time"}, proc.stdout[-3000:]
     assert all(value > 0 for value in ratios.values())
     assert "SPREAD trainer_vs_plain_loop min=" in proc.stdout
