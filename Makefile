@@ -55,7 +55,7 @@ table2: ## Build Table 2 (Markdown, LaTeX, CSV, Figure 1) from results/runs
 tables: ## Build every paper table declared in results/paper/*.yaml (Table 2, 3, 4, A2) from results/runs
 	$(PYTHON) scripts/make_table.py --table all
 
-demo: ## The main job offline: MiniLM on 3,000 shipped SST-2 sentences, head-only vs LoRA vs C3A, then the table
+demo: ## The main job offline: MiniLM on 3,500 shipped SST-2 sentences (1 epoch), head-only vs LoRA vs C3A, then the table
 	$(PYTHON) scripts/demo.py
 
 GLUE_DIR ?= ../shared/data/glue
