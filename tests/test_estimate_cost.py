@@ -1,23 +1,23 @@
-"""`make cost` (scripts/estimate_cost.py): the Table 2 plan adds up, a measured step replaces the FLOP model, bad
-flags fail before any compute. No step is measured here (--no-measure)."""
+"""`make cost` (scripts/estimate_cost.py, its model in framework/cost.py): the Table 2 plan adds up, a measured step
+replaces the FLOP model, bad flags fail before any compute. No step is measured here (--no-measure)."""
 from __future__ import annotations
 
 import importlib.util
 import json
 import math
-import sys
 
 import pytest
 import yaml
 
 from conftest import ROOT
+from framework import cost
+from framework.experiments import load_spec
 
 _spec = importlib.util.spec_from_file_location("estimate_cost", ROOT / "scripts" / "estimate_cost.py")
-cost = importlib.util.module_from_spec(_spec)
-sys.modules[_spec.name] = cost  # dataclasses look their module up while it executes
-_spec.loader.exec_module(cost)
+cli = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(cli)
 
-# public GLUE (train, dev) sizes, written again here so that the script's copy is checked against them
+# public GLUE (train, dev) sizes, written again here so that framework/cost.py's copy is checked against them
 GLUE = {"sst2": (67349, 872), "mrpc": (3668, 408), "cola": (8551, 1043), "qnli": (104743, 5463),
         "rte": (2490, 277), "stsb": (5749, 1500)}
 STEP = ["--step-time-s", "0.5", "--step-batch", "64", "--step-length", "128", "--step-device", "test GPU",
@@ -27,11 +27,11 @@ STEP = ["--step-time-s", "0.5", "--step-batch", "64", "--step-length", "128", "-
 @pytest.fixture(scope="module")
 def plan():
     """The whole Table 2 plan: 96 Hydra composes and 16 meta-device models, built once for this file."""
-    return cost.build_plan(cost.load_spec(cost.TABLE))
+    return cost.build_plan(load_spec(cli.TABLE))
 
 
 def test_plan_covers_every_row_task_and_seed_and_totals_add_up(plan):
-    spec = cost.load_spec("table2")
+    spec = load_spec("table2")
     assert len(spec.rows) == 16 and spec.task_names == list(GLUE)
     assert [(j.preset, j.task) for j in plan] == [(r.preset, t) for r in spec.rows for t in spec.task_names]
     t = cost.totals(plan, cost.flop_model_throughput("a100-fp32", 0.4))
@@ -74,14 +74,14 @@ def test_flop_model_is_about_6n_for_full_fine_tuning_and_4n_for_a_frozen_backbon
 
 
 def test_a_measured_step_replaces_the_flop_model(plan, tmp_path):
-    args = cost.parse_args([*STEP, "--gpu", "h100-bf16", "--utilisation", "0.9"])
-    rate = cost.throughput(args, plan)
+    args = cli.parse_args([*STEP, "--gpu", "h100-bf16", "--utilisation", "0.9"])
+    rate = cli.throughput(args, plan)
     assert rate.source == "measured step" and rate.device == "test GPU"
-    flop_model = cost.throughput(cost.parse_args(["--no-measure"]), plan)
+    flop_model = cli.throughput(cli.parse_args(["--no-measure"]), plan)
     assert flop_model.source == "FLOP model" and rate.flops_per_s != flop_model.flops_per_s
     # the GPU and utilisation of the FLOP model no longer matter; the hours follow the step time
-    same = cost.throughput(cost.parse_args(STEP), plan)
-    slower = cost.throughput(cost.parse_args([*STEP[:1], "1.0", *STEP[2:]]), plan)
+    same = cli.throughput(cli.parse_args(STEP), plan)
+    slower = cli.throughput(cli.parse_args([*STEP[:1], "1.0", *STEP[2:]]), plan)
     assert same.flops_per_s == rate.flops_per_s
     hours = {name: cost.totals(plan, r)["all"]["hours"] for name, r in (("fast", rate), ("slow", slower))}
     assert math.isclose(hours["slow"], 2 * hours["fast"])
@@ -93,7 +93,7 @@ def test_a_measured_step_replaces_the_flop_model(plan, tmp_path):
     # the same step as a JSON file gives the same rate
     step = {"step_time_s": 0.5, "batch_size": 64, "seq_len": 128, "row": "table2/base_c3a_b6", "device": "test GPU"}
     (tmp_path / "step.json").write_text(json.dumps(step))
-    from_file = cost.throughput(cost.parse_args(["--step-json", str(tmp_path / "step.json"), "--no-measure"]), plan)
+    from_file = cli.throughput(cli.parse_args(["--step-json", str(tmp_path / "step.json"), "--no-measure"]), plan)
     assert from_file == rate
 
 
@@ -139,7 +139,7 @@ def test_bad_flags_exit_before_any_compute_with_a_clear_message(argv, message, t
     elif argv == "text step time":
         argv = _bad_json(tmp_path, step_time_s="fast")
     with pytest.raises(SystemExit) as exit_info:
-        cost.parse_args(argv)
+        cli.parse_args(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -150,5 +150,5 @@ def test_measuring_on_cuda_without_a_gpu_is_refused(capsys):
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is visible: --device cuda is valid here")
     with pytest.raises(SystemExit):
-        cost.parse_args(["--device", "cuda"])
+        cli.parse_args(["--device", "cuda"])
     assert "no CUDA device is visible here" in capsys.readouterr().err
