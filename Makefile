@@ -61,7 +61,7 @@ demo: ## The main job offline: MiniLM on 3,500 shipped SST-2 sentences (1 epoch)
 GLUE_DIR ?= ../shared/data/glue
 LLAMA_CPU = model=smollm2 task=sst2-instruct task.data_dir=$(GLUE_DIR)/SST-2 task.max_train_samples=256 task.val_size=64 task.max_eval_samples=200 trainer.eval_batch_size=32 trainer.test_every_epoch=false tracker=none
 llama-cpu: ## SmolLM2-135M (pip package) on SST-2 as instructions: zero-shot vs C3A vs LoRA, CPU (about 40 min); GLUE_DIR=…
-	$(PYTHON) scripts/zero_shot.py $(LLAMA_CPU)
+	$(PYTHON) run.py $(LLAMA_CPU) method=zero_shot
 	$(PYTHON) run.py $(LLAMA_CPU) method=c3a method.b=null method.block_size=64 +method.block_size_pattern.up_proj=192 +method.block_size_pattern.down_proj=192 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=0.3
 	$(PYTHON) run.py $(LLAMA_CPU) method=lora method.r=8 method.lora_alpha=16 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=1e-3
 

@@ -58,6 +58,8 @@ class Method(ABC):
 
     #: short label used in result paths and tables, e.g. "c3a", "lora"
     name: str = "method"
+    #: False for a method that only evaluates (zero-shot): it runs with ``trainer.epochs=0``
+    trains: bool = True
 
     def validate(self, model: nn.Module, head: Head) -> None:
         """Raise ``ValueError`` for anything that can be checked before training starts."""

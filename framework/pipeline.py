@@ -51,6 +51,7 @@ class Prepared:
     settings: TrainerSettings
     head: Head
     seed: int
+    processor: Any  # the model's tokenizer / image processor (None for a task that takes none)
 
 
 def prepare(cfg: DictConfig) -> Prepared:
@@ -76,12 +77,27 @@ def prepare(cfg: DictConfig) -> Prepared:
         skeleton = models.build_model(cfg.model, task.model_kind, spec, weights="meta")
         task.check_model(getattr(skeleton, "config", None))
         method.validate(skeleton, head)
+        _check_training(settings, method, task)
         task.check_data()
+        processor = models.build_processor(cfg.model, task.processor_kind)  # loads files only: no compute
+        task.check_processor(processor)
     except InstantiationException as err:  # a config class that validates itself on construction
         raise InputError(str(err.__cause__ or err)) from err
     except (ValueError, FileNotFoundError, OSError) as err:
         raise InputError(str(err)) from err
-    return Prepared(method, task, tracker, settings, head, int(seed))
+    return Prepared(method, task, tracker, settings, head, int(seed), processor)
+
+
+def _check_training(settings: TrainerSettings, method: Method, task: Task) -> None:
+    """Training needs a method that trains and a task with training data; evaluation only (epochs=0) needs neither."""
+    if settings.epochs == 0:
+        return
+    if not method.trains:
+        raise ValueError(f"method {method.name!r} trains nothing but trainer.epochs={settings.epochs}: set "
+                         f"trainer.epochs=0 (evaluate only), or choose a method that trains")
+    if not task.has_train_data:
+        raise ValueError(f"task {task.name!r} has no training data (task.train is null) but trainer.epochs="
+                         f"{settings.epochs}: set trainer.epochs=0 with method=zero_shot, or set task.train")
 
 
 def resolved_config(cfg: DictConfig) -> dict:
@@ -129,7 +145,7 @@ def run(cfg: DictConfig) -> results.RunResult:
     tracker.start(run_name=rid.replace("/", "-"), config=resolved,
                   group=f"{cfg.task.name}/{cfg.model.name}/{description['name']}")
     try:
-        processor = models.build_processor(cfg.model, task.processor_kind)
+        processor = prepared.processor
         splits = task.splits(processor)
         result.task_details = task.describe()
         torch.manual_seed(prepared.seed)  # head and adapter initialisation depend on the seed
@@ -149,7 +165,7 @@ def run(cfg: DictConfig) -> results.RunResult:
         result.timing["wall_s"] = time.perf_counter() - started
         result.status = "completed"
         if main:
-            if prepared.settings.save_best:
+            if prepared.settings.save_best and best_state:  # evaluation only with nothing trainable: no file
                 from safetensors.torch import save_file
 
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -170,10 +186,11 @@ def run(cfg: DictConfig) -> results.RunResult:
                              "params/trainable_excl_head": result.params["trainable_excl_head"],
                              "memory/peak_bytes": result.memory.get("peak_bytes")}, failed=False)
     metric = task.selection_metric
-    log.info("summary %s: best epoch %d/%d | val %s %.4f | test %.4f (last epoch %.4f) | "
-             "%s trainable params excl. head | peak memory %.2f GiB (%s) | %.0f s",
-             rid, result.best_epoch, len(result.epochs), metric, result.best_val[metric],
-             result.test_at_best[metric], result.test_last[metric], f"{result.params['trainable_excl_head']:,}",
+    selection = (f"best epoch {result.best_epoch}/{len(result.epochs)} | val {metric} {result.best_val[metric]:.4f}"
+                 if result.epochs else "evaluation only (trainer.epochs=0)")
+    log.info("summary %s: %s | test %s %.4f (last epoch %.4f) | %s trainable params excl. head | "
+             "peak memory %.2f GiB (%s) | %.0f s", rid, selection, metric, result.test_at_best[metric],
+             result.test_last[metric], f"{result.params['trainable_excl_head']:,}",
              result.memory["peak_bytes"] / 2**30, result.memory["kind"], result.timing["wall_s"])
     log.info("result: %s", path)
     return result

@@ -74,7 +74,9 @@ class TrainerSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        for key in ("epochs", "batch_size", "eval_batch_size", "grad_accum_steps"):
+        if not (_is_int(self.epochs) and self.epochs >= 0):
+            problems.append(f"trainer.epochs={self.epochs!r} must be an integer >= 0 (0: evaluate only, no training)")
+        for key in ("batch_size", "eval_batch_size", "grad_accum_steps"):
             value = getattr(self, key)
             if not (_is_int(value) and value >= 1):
                 problems.append(f"trainer.{key}={value!r} must be an integer >= 1")
@@ -236,13 +238,16 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
         checkpoint_dir: str | os.PathLike, tracker=None, artifacts_dir: str | os.PathLike | None = None,
         accelerator=None) -> dict[str, Any]:
     """Train, select the best epoch on validation, test that state; then let the task write its
-    end-of-run outputs (``task.artifacts``) from that state into ``artifacts_dir``. Returns the run's numbers."""
+    end-of-run outputs (``task.artifacts``) from that state into ``artifacts_dir``. Returns the run's numbers.
+    With ``settings.epochs == 0`` nothing trains: the test split is scored once (``evaluate_only``)."""
     from tqdm.auto import tqdm
     from transformers import get_scheduler
 
     checkpoint_dir = Path(checkpoint_dir)
     seed_everything(seed)
     accelerator = accelerator or make_accelerator(settings)
+    if settings.epochs == 0:
+        return evaluate_only(adapted, task, splits["test"], processor, settings, accelerator, tracker, artifacts_dir)
     per_device_batch = settings.per_device_batch_size(accelerator.num_processes)
     sampler = EpochSeededSampler(len(splits["train"]), seed)
     train_loader = DataLoader(splits["train"], batch_size=per_device_batch, sampler=sampler,
@@ -358,11 +363,7 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
     else:
         load_trainable(adapted, best_state)  # the artifacts below come from the best state too
         test_at_best = best_record["test"] if "test" in best_record else evaluate(accelerator, model, test_loader, task)
-    artifacts = {}
-    if artifacts_dir is not None and accelerator.is_main_process:
-        model.eval()
-        with torch.no_grad():
-            artifacts = task.artifacts(accelerator.unwrap_model(model), Path(artifacts_dir), tracker)
+    artifacts = _artifacts(accelerator, model, task, artifacts_dir, tracker)
     return {
         "epochs": history,
         "best_epoch": best_epoch,
@@ -378,5 +379,41 @@ def fit(adapted: Adapted, task: Task, splits: Mapping[str, Any], processor, sett
                         "mixed_precision": settings.mixed_precision},
         "artifacts": artifacts,
         "best_state": best_state,
+        "device": str(accelerator.device),
+    }
+
+
+def _artifacts(accelerator, model, task: Task, artifacts_dir, tracker) -> dict[str, str]:
+    if artifacts_dir is None or not accelerator.is_main_process:
+        return {}
+    model.eval()
+    with torch.no_grad():
+        return task.artifacts(accelerator.unwrap_model(model), Path(artifacts_dir), tracker)
+
+
+def evaluate_only(adapted: Adapted, task: Task, test_split, processor, settings: TrainerSettings, accelerator,
+                  tracker=None, artifacts_dir=None) -> dict[str, Any]:
+    """``trainer.epochs=0``: score the model as built (e.g. zero-shot) on the test split; nothing is
+    trained or selected (``best_epoch`` 0, no validation). Returns what ``fit`` returns."""
+    loader = DataLoader(test_split, batch_size=settings.eval_batch_size, shuffle=False,
+                        collate_fn=task.collate(processor, "test"), num_workers=settings.num_workers)
+    model, loader = accelerator.prepare(adapted.model, loader)
+    memory, started = MemoryTracker(accelerator.device), time.perf_counter()
+    test = evaluate(accelerator, model, loader, task)
+    eval_time = time.perf_counter() - started
+    accelerator.print(f"evaluation only (trainer.epochs=0): test {task.selection_metric} "
+                      f"{test[task.selection_metric]:.4f} ({eval_time:.1f}s)")
+    if tracker is not None:
+        tracker.log({"epoch": 0, **{f"test/{k}": v for k, v in test.items()}}, step=0)
+    return {
+        "epochs": [], "best_epoch": 0, "best_val": {}, "test_at_best": test, "test_last": test,
+        "memory": memory.report(),
+        "timing": {"train_time_s": 0.0, "loop_wall_s": time.perf_counter() - started, "eval_time_s": eval_time,
+                   "train_samples_per_s": 0.0},
+        "distributed": {"num_processes": accelerator.num_processes, "global_batch_size": settings.batch_size,
+                        "per_device_batch_size": None, "grad_accum_steps": settings.grad_accum_steps,
+                        "optimizer_steps": 0, "steps_per_epoch": 0, "mixed_precision": settings.mixed_precision},
+        "artifacts": _artifacts(accelerator, model, task, artifacts_dir, tracker),
+        "best_state": adapted.trainable_state_dict(),
         "device": str(accelerator.device),
     }

@@ -111,7 +111,7 @@ def test_a_bug_in_preparation_is_not_reported_as_bad_input(tmp_path, monkeypatch
 @pytest.mark.parametrize("override,message", [
     ("trainer.lr_adapter=-1", "lr_adapter=-1"),
     ("trainer.warmup_ratio=2", "warmup_ratio=2"),
-    ("trainer.epochs=0", "epochs=0"),
+    ("trainer.epochs=-1", "epochs=-1"),
     ("trainer.grad_accum_steps=0", "grad_accum_steps=0"),
     ("trainer.batch_size=0", "batch_size=0"),
     ("trainer.scheduler=bogus", "'bogus' is not one of"),

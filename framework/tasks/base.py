@@ -54,12 +54,20 @@ class Task(ABC):
     def check_model(self, model_config) -> None:
         """Raise ``ValueError`` when the task cannot run on this model config (e.g. sequences too long)."""
 
+    def check_processor(self, processor) -> None:
+        """Raise ``ValueError`` when the task cannot use the model's processor (e.g. a chat template it lacks)."""
+
+    @property
+    def has_train_data(self) -> bool:
+        """False for an evaluation-only task (no training source): it runs with ``trainer.epochs=0``."""
+        return True
+
     @abstractmethod
     def head(self) -> HeadSpec: ...
 
     @abstractmethod
     def splits(self, processor) -> dict[str, Any]:
-        """``{"train", "val", "test"}`` datasets (torch-indexable)."""
+        """``{"train", "val", "test"}`` datasets (torch-indexable; train and val empty without train data)."""
 
     @abstractmethod
     def collate(self, processor, split: str) -> Callable[[list], dict]:

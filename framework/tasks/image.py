@@ -293,6 +293,9 @@ class ImageClassificationTask(Task):
                 out[name] = (pool, np.sort(rows[np.random.default_rng(eval_seq).permutation(len(rows))[:self.max_eval_samples]]))
         return out
 
+    def check_processor(self, processor) -> None:
+        self._image_mode(processor)
+
     def _image_mode(self, processor) -> str:
         mean = getattr(processor, "image_mean", None)
         processor_channels = len(mean) if isinstance(mean, (list, tuple)) else None

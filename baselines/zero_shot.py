@@ -1,0 +1,33 @@
+"""Zero-shot: the pretrained model as it is — nothing added, nothing trained (Table 4's zero-shot rows).
+
+Runs with ``trainer.epochs=0`` (``conf/method/zero_shot.yaml`` sets it): the trainer then scores the test
+sets once, and the result file, tables and sweeps treat the row like any other run.
+"""
+from __future__ import annotations
+
+from torch import nn
+
+from framework.method import Adapted, Head, Method, check_head, freeze_all
+
+
+class ZeroShotMethod(Method):
+    name = "zero-shot"
+    trains = False
+
+    def __init__(self, name: str = "zero-shot"):
+        self.name = name
+
+    def validate(self, model: nn.Module, head: Head) -> None:
+        check_head(model, head)
+        if head.trains:
+            raise ValueError(f"method=zero_shot scores the model as it is, but this task trains a new head "
+                             f"{list(head.modules)} whose weights would be random; zero-shot needs a task that "
+                             f"keeps the model's own head (instruction tasks: sst2-instruct, math, code, ...)")
+
+    def apply(self, model: nn.Module, head: Head) -> Adapted:
+        self.validate(model, head)
+        freeze_all(model)
+        return Adapted(model=model)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "label": "Zero-shot"}
