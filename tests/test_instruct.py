@@ -107,7 +107,7 @@ def test_left_padded_batched_generation_equals_unbatched(tokenizer, tiny_llama):
                         test={"boolq": {"format": "commonsense", "path": "dataset/boolq/test.json"},
                               "hellaswag": {"format": "commonsense", "path": "dataset/hellaswag/test.json"}},
                         data_dir=str(DATA / "commonsense"), val_size=2, max_new_tokens=8)
-    rows = list(task.test_split(tokenizer))
+    rows = list(task.splits(tokenizer)["test"])
     lengths = {len(r["prompt_ids"]) for r in rows}
     assert len(lengths) > 1, "the check needs prompts of different lengths"
     collate = task.collate(tokenizer, "test")
@@ -122,11 +122,11 @@ def test_left_padded_batched_generation_equals_unbatched(tokenizer, tiny_llama):
 
 def test_scoring_follows_each_source_rule(tokenizer):
     task = math_task()
-    rows = list(task.test_split(tokenizer))
+    rows = list(task.splits(tokenizer)["test"])
     batch = task.collate(tokenizer, "test")(rows)
     right = [f"The answer is: {ref}" for ref in batch["reference"]]
-    assert task.score(right, batch) == [True] * len(rows)
-    assert task.score(["The answer is: 999999"] * len(rows), batch) == [False] * len(rows)
+    assert task.score(right, batch) == [{"base": True}] * len(rows)
+    assert task.score(["The answer is: 999999"] * len(rows), batch) == [{"base": False}] * len(rows)
 
 
 def test_evaluate_reports_each_test_set_and_their_mean(tokenizer, tiny_llama):
@@ -157,6 +157,66 @@ def test_loss_selection_for_sources_without_a_score(tokenizer, tiny_llama):
     assert metrics["score"] == -metrics["loss"] and metrics["loss"] == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ValueError, match="val_metric=loss"):
         InstructTask("code", train=task.train_source, test=task.test_sources, val_size=2).check_data()
+
+
+def code_task(**kwargs) -> InstructTask:
+    code = DATA / "code"
+    return InstructTask("code", train={"format": "magicoder", "path": str(code / "magicoder.jsonl")}, test={
+        "humaneval": {"format": "humaneval", "path": str(code / "humaneval.jsonl"),
+                      "plus": {"path": str(code / "humanevalplus.jsonl")}},
+        "mbpp": {"format": "mbpp", "path": str(code / "mbppplus.jsonl")}},
+        template="magicoder", val_metric="loss", val_size=2, **kwargs)
+
+
+def test_evalplus_scores_one_generation_against_base_and_plus_tests(tokenizer):
+    """Canonical solutions pass both suites; a solution that memorises the base tests passes base only
+    (the point of HumanEval+/MBPP+); a wrong one passes neither; plus never counts where base fails."""
+    task = code_task()
+    rows = list(task.splits(tokenizer)["test"])
+    batch = task.collate(tokenizer, "test")(rows)
+    assert all(ref["plus_test"] for ref in batch["reference"])
+    canonical = {r.reference["task_id"]: r.target for r in task._examples["test/humaneval"] + task._examples["test/mbpp"]}
+    memorised = {"Sample/0": "def add(a, b):\n    return {(2, 3): 5, (-1, 1): 0}[(a, b)]",
+                 "Sample/1": "def total(xs):\n    return sum(x for x in xs if x > 0)",
+                 3: "def factorial(n):\n    return {5: 120, 0: 1}[n]",
+                 4: "def hypotenuse(a, b):\n    return {(3, 4): 5.0, (6, 8): 10.0}[(a, b)]"}
+    ids = [ref["task_id"] for ref in batch["reference"]]
+    assert task.score([canonical[i] for i in ids], batch) == [{"base": True, "plus": True}] * len(ids)
+    assert task.score([f"```python\n{memorised[i]}\n```" for i in ids], batch) == [{"base": True, "plus": False}] * len(ids)
+    assert task.score(["def nothing():\n    pass"] * len(ids), batch) == [{"base": False, "plus": False}] * len(ids)
+
+
+def test_evaluate_reports_the_four_code_columns_and_their_mean(tokenizer, tiny_llama):
+    task = code_task(max_new_tokens=2)
+    splits = task.splits(tokenizer)
+    loader = torch.utils.data.DataLoader(splits["test"], batch_size=4, collate_fn=task.collate(tokenizer, "test"))
+    with torch.no_grad():
+        metrics = task.evaluate(tiny_llama, loader, IdentityAccelerator())
+    columns = {"humaneval", "humaneval_plus", "mbpp", "mbpp_plus"}
+    assert set(metrics) == columns | {"score"}
+    assert metrics["score"] == pytest.approx(np.mean([metrics[c] for c in columns]))
+    assert {"correct", "correct_plus", "generation", "set"} <= set(task.samples[0])
+
+
+@pytest.mark.parametrize("plus,message", [
+    ({"path": str(DATA / "code" / "humaneval.jsonl"), "hub": "x"}, "exactly one of path"),
+    ({"path": str(DATA / "code" / "mbppplus.jsonl")}, r"missing \['test'\]|must define check"),
+])
+def test_a_bad_plus_source_fails_before_compute(plus, message):
+    task = code_task()
+    task.test_sources["humaneval"] = {**task.test_sources["humaneval"], "plus": plus}
+    with pytest.raises(ValueError, match=message):
+        task.validate()
+        task.check_data()
+
+
+def test_a_plus_source_must_cover_every_problem(tmp_path):
+    one = tmp_path / "plus.jsonl"
+    one.write_text((DATA / "code" / "humanevalplus.jsonl").read_text().splitlines()[0] + "\n")
+    task = code_task()
+    task.test_sources["humaneval"] = {**task.test_sources["humaneval"], "plus": {"path": str(one)}}
+    with pytest.raises(ValueError, match=r"no tests for 1 of the 2 problems, e.g. \['Sample/1'\]"):
+        task.check_data()
 
 
 # ------------------------------------------------------------------------------ data discipline
@@ -238,19 +298,24 @@ PRESETS = sorted(str(p.relative_to(CONF / "experiment").with_suffix(""))
                  for d in ("table3", "table4") for p in (CONF / "experiment" / d).glob("*.yaml"))
 # one step of every preset takes minutes on 2 cores: `make test` runs one per table and method family
 # (C3A on Table 3, LoRA on Table 4), `make test-all` runs them all
-FAST_PRESETS = ("table3/llama2_c3a", "table4/llama3_lora")
+FAST_PRESETS = ("table3/llama2_c3a", "table4/llama3_lora", "table4/llama2_zero_shot")
 
 
 def preset_data(preset: str, task: str) -> list[str]:
     if task == "commonsense":
         return [f"task.data_dir={DATA / 'commonsense'}"]
+    train = {"math": ["task.train.hub=null", f"task.train.path={DATA / 'math' / 'metamathqa.json'}"],
+             "code": ["task.train.hub=null", f"task.train.path={DATA / 'code' / 'magicoder.jsonl'}"]}[task]
+    return ([] if preset.endswith("zero_shot") else train) + eval_data(task)
+
+
+def eval_data(task: str) -> list[str]:
     if task == "math":
-        return ["task.train.hub=null", f"task.train.path={DATA / 'math' / 'metamathqa.json'}",
-                "task.test.gsm8k.hub=null", f"task.test.gsm8k.path={DATA / 'math' / 'gsm8k_test.jsonl'}",
+        return ["task.test.gsm8k.hub=null", f"task.test.gsm8k.path={DATA / 'math' / 'gsm8k_test.jsonl'}",
                 f"task.test.math.path={DATA / 'math' / 'math_test.jsonl'}"]
-    return ["task.train.hub=null", f"task.train.path={DATA / 'code' / 'magicoder.jsonl'}",
-            f"task.test.humaneval.path={DATA / 'code' / 'humaneval.jsonl'}",
-            "task.test.mbpp.hub=null", f"task.test.mbpp.path={DATA / 'code' / 'mbpp.jsonl'}"]
+    return [f"task.test.humaneval.path={DATA / 'code' / 'humaneval.jsonl'}", "task.test.humaneval.plus.hub=null",
+            f"task.test.humaneval.plus.path={DATA / 'code' / 'humanevalplus.jsonl'}",
+            "task.test.mbpp.hub=null", f"task.test.mbpp.path={DATA / 'code' / 'mbppplus.jsonl'}"]
 
 
 @pytest.mark.parametrize("index,preset", [
@@ -259,32 +324,82 @@ def test_table_presets_compose_and_run_one_step(tmp_path, index, preset):
     from framework.pipeline import run
 
     task = "commonsense" if preset.startswith("table3") else ("math", "code")[index % 2]
+    if preset.endswith("zero_shot"):  # one zero-shot row per task
+        task = "code" if preset.startswith("table4/llama2") else "math"
     cfg = compose_cfg([f"experiment={preset}", "model=tiny-llama", f"task={task}", *preset_data(preset, task),
                        "task.val_size=2", "task.max_length=128", "task.max_new_tokens=4", "debug=fast",
-                       "trainer.max_steps_per_epoch=1", "trainer.test_every_epoch=false"], tmp_path)
-    assert cfg.method.target_modules == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+                       "trainer.max_steps_per_epoch=1", "trainer.test_every_epoch=false",
+                       *(["trainer.epochs=0"] if preset.endswith("zero_shot") else [])], tmp_path)  # debug sets 1
     result = run(cfg)
-    assert result.status == "completed" and result.distributed["optimizer_steps"] == 1
-    assert result.selection_metric == "score" and "score" in result.test_at_best
+    assert result.status == "completed" and result.selection_metric == "score" and "score" in result.test_at_best
+    if preset.endswith("zero_shot"):
+        assert cfg.task.train is None and result.distributed["optimizer_steps"] == 0 and result.epochs == []
+        columns = {"code": {"humaneval", "humaneval_plus", "mbpp", "mbpp_plus"}, "math": {"gsm8k", "math"}}[task]
+        assert set(result.test_at_best) == columns | {"score"}
+        return
+    assert cfg.method.target_modules == ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]
+    assert result.distributed["optimizer_steps"] == 1
     assert result.config["trainer"]["lr_adapter"] > 0
 
 
-def test_zero_shot_script_writes_a_record(tmp_path):
-    import sys
+def test_zero_shot_is_a_run_that_scores_the_test_sets_once(tmp_path):
+    """method=zero_shot on an evaluation-only task: a completed result with test scores, no epoch, no file of weights."""
+    from framework.pipeline import run
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from zero_shot import evaluate_zero_shot
+    cfg = compose_cfg(["model=tiny-llama", "method=zero_shot", "task=gsm8k-zeroshot", "task.template=alpaca",
+                       "task.max_eval_samples=3", "task.max_new_tokens=4", "trainer.eval_batch_size=3"], tmp_path)
+    assert cfg.trainer.epochs == 0  # the method file sets it
+    result = run(cfg)
+    assert result.status == "completed" and result.method == "zero-shot" and result.method_label == "Zero-shot"
+    assert result.epochs == [] and result.best_epoch == 0 and result.best_val == {}
+    assert set(result.test_at_best) == {"gsm8k", "score"} and result.test_last == result.test_at_best
+    assert result.task_details["test_sizes"] == {"gsm8k": 3} and result.params["trainable_total"] == 0
+    assert result.distributed["optimizer_steps"] == 0
+    generations = Path(result.artifacts["generations"]).read_text().splitlines()
+    assert len(generations) == 3
+    assert not list(Path(cfg.paths.checkpoint_dir).rglob("*.safetensors"))
+    assert run(cfg).run_id == result.run_id  # a rerun finds the completed result
 
-    cfg = compose_cfg(["model=tiny-llama", "task=gsm8k-zeroshot", "task.template=alpaca", "task.max_eval_samples=3",
-                       "task.max_new_tokens=4", "trainer.eval_batch_size=3"], tmp_path)
-    record = evaluate_zero_shot(cfg)
-    assert set(record["metrics"]) == {"gsm8k", "score"} and record["task_details"]["test_sizes"] == {"gsm8k": 3}
-    saved = json.loads(Path(record["path"]).read_text())
-    assert saved["metrics"] == record["metrics"] and len(saved["samples"]) == 3
-    with pytest.raises(ValueError, match="no train source"):
-        from hydra.utils import instantiate
 
-        instantiate(cfg.task, _convert_="all").splits(None)
+def test_zero_shot_matches_a_direct_greedy_evaluation(tmp_path):
+    """The evaluation-only path scores what the model generates, nothing else: same flags as calling the task directly."""
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+
+    from framework import models
+    from framework.pipeline import run
+    from framework.trainer import evaluate
+
+    overrides = ["model=tiny-llama", "task=sst2-instruct", f"task.data_dir={TEST_GLUE / 'SST-2'}",
+                 "task.template=alpaca", "task.max_eval_samples=6", "task.val_size=2", "task.max_new_tokens=3", "trainer.eval_batch_size=4"]
+    result = run(compose_cfg([*overrides, "method=zero_shot"], tmp_path))
+    cfg = compose_cfg(overrides, tmp_path / "direct")
+    task = instantiate(cfg.task, _convert_="all")
+    tokenizer = models.build_processor(cfg.model, task.processor_kind)
+    test = task.splits(tokenizer)["test"]
+    torch.manual_seed(0)
+    model = models.build_model(cfg.model, task.model_kind, task.head())
+    accelerator = type("OneProcess", (), {"gather_for_metrics": staticmethod(lambda x: x),
+                                          "unwrap_model": staticmethod(lambda m: m)})()
+    direct = evaluate(accelerator, model, DataLoader(test, batch_size=4, collate_fn=task.collate(tokenizer, "test")),
+                      task)
+    assert result.test_at_best == direct
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["method=zero_shot", "trainer.epochs=1"], "trains nothing but trainer.epochs=1"),
+    (["method=lora", "task=gsm8k-zeroshot"], "has no training data"),
+    (["method=zero_shot", "model=tiny-roberta", "task=sst2", "task.max_length=64"], "trains a new head"),
+    (["method=lora"], "tokenizer .* has no chat template; use one of"),  # tinycoder's tokenizer has none
+])
+def test_evaluation_only_mistakes_are_input_errors(tmp_path, overrides, message):
+    from framework.pipeline import InputError, prepare
+
+    base = ["model=tiny-llama", "task=sst2-instruct", f"task.data_dir={TEST_GLUE / 'SST-2'}"]
+    if "task=sst2" in overrides:
+        base = [f"task.data_dir={TEST_GLUE / 'SST-2'}"]
+    with pytest.raises(InputError, match=message):
+        prepare(compose_cfg([*base, *overrides], tmp_path))
 
 
 def test_gguf_conversion_is_made_once_and_reused(tmp_path, monkeypatch):

@@ -150,6 +150,18 @@ class InstructTask(Task):
                 raise ValueError(f"test sets {unscored} have no automatic score; they cannot be test sets")
             self._examples = {"train": train, **{f"test/{n}": rows for n, rows in tests.items()}}
 
+    def check_processor(self, tokenizer) -> None:
+        if self.template == "chat" and not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"task.template=chat but tokenizer {tokenizer.name_or_path!r} has no chat template; "
+                             f"use one of {[t for t in TEMPLATES if t != 'chat']} (task.template=alpaca)")
+        if tokenizer.pad_token_id is None and tokenizer.eos_token is None:
+            raise ValueError(f"tokenizer {tokenizer.name_or_path!r} has neither a pad nor an EOS token: batches "
+                             f"cannot be padded and generations cannot end")
+
+    @property
+    def has_train_data(self) -> bool:
+        return bool(self.train_source)
+
     def head(self) -> HeadSpec:
         return HeadSpec(model_kwargs={}, trains=False)  # the LM head stays frozen
 
@@ -157,8 +169,7 @@ class InstructTask(Task):
     def prompt_text(self, example: Example, tokenizer) -> str:
         instruction = example.instruction + (f"\n{self.instruction_suffix}" if self.instruction_suffix else "")
         if self.template == "chat":
-            if not getattr(tokenizer, "chat_template", None):
-                raise ValueError(f"task.template=chat but tokenizer {tokenizer.name_or_path!r} has no chat template")
+            self.check_processor(tokenizer)
             content = instruction + (f"\n\n{example.input}" if example.input else "")
             return tokenizer.apply_chat_template([{"role": "user", "content": content}], tokenize=False,
                                                  add_generation_prompt=True)
@@ -205,9 +216,8 @@ class InstructTask(Task):
         self._info["pad_token_set_to"] = ensure_pad_token(tokenizer) or self._info.get("pad_token_set_to")
         self._tokenizer = tokenizer
 
-    def test_split(self, tokenizer) -> ListDataset:
-        """The test sets as one generation split (each row knows its set): also what zero-shot evaluation reads."""
-        self._use_tokenizer(tokenizer)
+    def _test_split(self, tokenizer) -> ListDataset:
+        """The test sets as one generation split (each row knows its set)."""
         eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)[2]
         tests = {n: self._subset(self._examples[f"test/{n}"], self.max_eval_samples, eval_seq)
                  for n in self.test_sources}
@@ -218,10 +228,13 @@ class InstructTask(Task):
         return ListDataset(rows)
 
     def splits(self, tokenizer) -> dict[str, ListDataset]:
-        if not self.train_source:
-            raise ValueError(f"task {self.name!r} has no train source (task.train is null): it can only be "
-                             f"evaluated (scripts/zero_shot.py); set task.train to train on it")
+        """Train / val (a seeded slice of the training source) / test; without a training source
+        (an evaluation-only task, run with trainer.epochs=0) train and val are empty."""
         self._use_tokenizer(tokenizer)
+        if not self.train_source:
+            test = self._test_split(tokenizer)
+            self._info.update(sizes={"train": 0, "val": 0, "test": len(test)})
+            return {"train": ListDataset([]), "val": ListDataset([]), "test": test}
         pool = self._examples["train"]
         split_seq, train_seq, eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)
         n_val = round(self.val_size * len(pool)) if isinstance(self.val_size, float) else int(self.val_size)
@@ -238,7 +251,7 @@ class InstructTask(Task):
             val_rows, _ = self._train_rows(val, tokenizer)
         else:
             val_rows = self._eval_rows(val, ["val"] * len(val), tokenizer)
-        test = self.test_split(tokenizer)
+        test = self._test_split(tokenizer)
         self._info.update(sizes={"train": len(train_rows), "val": len(val_rows), "test": len(test)},
                           train_pool_size=len(pool) - n_val, val_size=n_val, train_rows=stats)
         return {"train": ListDataset(train_rows), "val": ListDataset(val_rows), "test": test}
@@ -277,25 +290,34 @@ class InstructTask(Task):
         new = out[:, batch["input_ids"].shape[1]:]
         return tokenizer.batch_decode(new, skip_special_tokens=True)
 
-    def score(self, generations: list[str], batch: dict) -> list[bool]:
-        """Each generation against its reference, by its source's rule (code: in the sandbox)."""
+    def score(self, generations: list[str], batch: dict) -> list[dict[str, bool]]:
+        """Each generation against its reference, by its source's rule (code: in the sandbox). A verdict is
+        ``{"base": flag}``, plus ``"plus"`` for code with EvalPlus tests (base and plus tests all pass)."""
         from framework import sandbox
 
-        def one(i: int) -> bool:
+        def run(program: str) -> bool:
+            return sandbox.run_program(program, self.sandbox["timeout_s"], self.sandbox["memory_mb"]).passed
+
+        def one(i: int) -> dict[str, bool]:
             text, scorer, ref = generations[i], batch["scorer"][i], batch["reference"][i]
             if scorer == "gsm8k":
-                return answers.gsm8k_correct(text, ref)
+                return {"base": answers.gsm8k_correct(text, ref)}
             if scorer == "math":
-                return answers.math_correct(text, ref)
+                return {"base": answers.math_correct(text, ref)}
             if scorer == "keyword":
-                return answers.keyword_correct(text, ref, batch["keywords"][i])
+                return {"base": answers.keyword_correct(text, ref, batch["keywords"][i])}
             if scorer == "humaneval":
-                program = sandbox.humaneval_program(ref["prompt"], text, ref["test"], ref["entry_point"])
+                def program(test: str) -> str:
+                    return sandbox.humaneval_program(ref["prompt"], text, test, ref["entry_point"])
             elif scorer == "mbpp":
-                program = sandbox.mbpp_program(text, ref["tests"], ref["setup"])
+                def program(test: str | list[str]) -> str:
+                    return sandbox.mbpp_program(text, test if isinstance(test, list) else [test], ref["setup"])
             else:
                 raise ValueError(f"scorer {scorer!r} cannot score a generation")
-            return sandbox.run_program(program, self.sandbox["timeout_s"], self.sandbox["memory_mb"]).passed
+            verdict = {"base": run(program(ref["test"] if scorer == "humaneval" else ref["tests"]))}
+            if ref.get("plus_test") is not None:  # EvalPlus: the plus suite counts only where the base passes
+                verdict["plus"] = verdict["base"] and run(program(ref["plus_test"]))
+            return verdict
 
         indices = range(len(generations))
         if any(s in ("humaneval", "mbpp") for s in batch["scorer"]):
@@ -318,10 +340,12 @@ class InstructTask(Task):
                 continue
             texts = self.generate(accelerator.unwrap_model(model), batch, self._tokenizer)
             records = list(zip(batch["set"], self.score(texts, batch), texts))
-            for set_name, flag, text in accelerator.gather_for_metrics(records):
-                flags_by_set.setdefault(set_name, []).append(bool(flag))
+            for set_name, verdict, text in accelerator.gather_for_metrics(records):
+                for kind, flag in verdict.items():  # "base" scores the set, "plus" the set's EvalPlus twin
+                    flags_by_set.setdefault(set_name if kind == "base" else f"{set_name}_{kind}", []).append(bool(flag))
                 if len(samples) < self.keep_samples:
-                    samples.append({"set": set_name, "correct": bool(flag), "generation": text})
+                    samples.append({"set": set_name, "correct": verdict["base"], **{
+                        f"correct_{k}": v for k, v in verdict.items() if k != "base"}, "generation": text})
         if tokens:
             return {"score": -nll_total / tokens, "loss": nll_total / tokens}
         self.samples = samples

@@ -15,7 +15,10 @@ Formats (row keys):
   evaluation sets: the answer keyword's family gives the keyword set).
 - ``magicoder``: instruction, response (Magicoder-Evol-Instruct-110K; no automatic score).
 - ``humaneval``: task_id, prompt, test, entry_point (HumanEval; scored by running its check()).
-- ``mbpp``: task_id, text (or prompt), code, test_list (MBPP; scored by running its asserts).
+  The entry's optional ``plus`` source (EvalPlus's HumanEval+ rows, the same layout, joined by
+  task_id) adds a second verdict on the same generation: ``<set>_plus`` = base and plus tests pass.
+- ``mbpp``: task_id, text (or prompt), code, test_list (MBPP; scored by running its asserts). A row
+  that also has ``test`` (EvalPlus's MBPP+ layout: the full test suite) adds the ``<set>_plus`` verdict.
 - ``sst2-instruct`` / ``rte-instruct``: original GLUE TSV files written as commonsense-style
   instructions (answer keywords positive/negative, true/false), for CPU-sized checks.
 """
@@ -26,7 +29,7 @@ import importlib.util
 import json
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -135,13 +138,20 @@ def _magicoder(row: dict, where: str) -> Example:
     return Example(row["instruction"], row["response"], None, "none")
 
 
+def _check_function(test: str, where: str) -> None:
+    """HumanEval's tests define check(candidate); without it every program would fail silently."""
+    if not re.search(r"^def check\(", test, re.MULTILINE):
+        raise ValueError(f"{where}: a humaneval test must define check(candidate) (HumanEval/HumanEval+ layout)")
+
+
 def _humaneval(row: dict, where: str) -> Example:
     _require(row, ("task_id", "prompt", "test", "entry_point"), where, "humaneval")
+    _check_function(row["test"], where)
     instruction = ("Complete the following Python function. Reply with the whole function in one "
                    f"```python code block.\n```python\n{row['prompt']}```")
     target = f"```python\n{row['prompt']}{row.get('canonical_solution', '')}```"
     reference = {"task_id": row["task_id"], "prompt": row["prompt"], "test": row["test"],
-                 "entry_point": row["entry_point"]}
+                 "entry_point": row["entry_point"], "plus_test": None}
     return Example(instruction, target, reference, "humaneval")
 
 
@@ -153,7 +163,7 @@ def _mbpp(row: dict, where: str) -> Example:
                    + "\nReply with the code in one ```python code block.")
     setup = "\n".join([row.get("test_setup_code", "") or "", *row.get("test_imports", [])]).strip()
     return Example(instruction, f"```python\n{row['code']}\n```",
-                   {"task_id": row["task_id"], "tests": tests, "setup": setup}, "mbpp")
+                   {"task_id": row["task_id"], "tests": tests, "setup": setup, "plus_test": row.get("test")}, "mbpp")
 
 
 def _keyword_example(instruction: str, answer: str, keywords: tuple[str, ...]) -> Example:
@@ -208,34 +218,65 @@ def source_path(source: dict, base_dir: Optional[str]) -> Path:
 
 
 def check_source(source: dict, where: str, base_dir: Optional[str] = None) -> None:
-    """A source entry is ``{format, path}`` or ``{format, hub, hub_config, hub_split}``: check it before reading."""
+    """A source entry is ``{format, path}`` or ``{format, hub, hub_config, hub_split}`` (``humaneval``: optionally
+    with ``plus``, a HumanEval+ source of the same kind): check it before reading."""
     fmt = source.get("format")
     if fmt not in FORMATS:
         raise ValueError(f"{where}: format={fmt!r} is not one of {sorted(FORMATS)}")
+    _check_location(source, where, base_dir)
+    if FORMATS[fmt].glue_task is not None and source.get("hub") is not None:
+        raise ValueError(f"{where}: format {fmt!r} reads GLUE TSV files; give path, not hub")
+    if source.get("plus") is not None:
+        if fmt != "humaneval":
+            raise ValueError(f"{where}.plus: only a humaneval source takes a plus source (MBPP+ rows carry their "
+                             f"plus tests in `test`); format here: {fmt!r}")
+        _check_location(dict(source["plus"]), f"{where}.plus", base_dir)
+
+
+def _check_location(source: dict, where: str, base_dir: Optional[str]) -> None:
     has_path, has_hub = source.get("path") is not None, source.get("hub") is not None
     if has_path == has_hub:
         raise ValueError(f"{where}: give exactly one of path (a local file/folder) or hub (a dataset id); "
                          f"got path={source.get('path')!r}, hub={source.get('hub')!r}")
-    if has_hub and FORMATS[fmt].glue_task is not None:
-        raise ValueError(f"{where}: format {fmt!r} reads GLUE TSV files; give path, not hub")
     if has_path:
         path = source_path(source, base_dir)
         if not path.exists():
             raise FileNotFoundError(f"{where}: {path} does not exist")
 
 
-def read_source(source: dict, where: str, base_dir: Optional[str] = None) -> list[Example]:
-    """All examples of one source entry (see ``check_source``)."""
-    check_source(source, where, base_dir)
-    spec = FORMATS[source["format"]]
+def _raw_rows(source: dict, base_dir: Optional[str]) -> tuple[list[dict], str]:
     if source.get("hub") is not None:
         from datasets import load_dataset
 
         rows = list(load_dataset(source["hub"], source.get("hub_config"), split=source.get("hub_split", "train")))
-        origin = f"hub {source['hub']}"
-    else:
-        path = source_path(source, base_dir)
-        if spec.glue_task is not None:
-            return _glue_rows(path, spec.glue_task)
-        rows, origin = read_records(path), str(path)
-    return [spec.row(row, f"{origin}, row {i}") for i, row in enumerate(rows)]
+        return rows, f"hub {source['hub']}"
+    path = source_path(source, base_dir)
+    return read_records(path), str(path)
+
+
+def _join_plus_tests(examples: list[Example], plus: dict, where: str, base_dir: Optional[str]) -> list[Example]:
+    """Give every HumanEval problem its HumanEval+ test suite (joined by task_id): one generation, two verdicts."""
+    rows, origin = _raw_rows(plus, base_dir)
+    tests = {}
+    for i, row in enumerate(rows):
+        _require(row, ("task_id", "test"), f"{origin}, row {i}", "humaneval plus")
+        _check_function(row["test"], f"{origin}, row {i}")
+        tests[row["task_id"]] = row["test"]
+    missing = [e.reference["task_id"] for e in examples if e.reference["task_id"] not in tests]
+    if missing:
+        raise ValueError(f"{where}.plus ({origin}) has no tests for {len(missing)} of the {len(examples)} problems, "
+                         f"e.g. {missing[:3]}; the plus source must cover every task_id of the base source")
+    return [replace(e, reference={**e.reference, "plus_test": tests[e.reference["task_id"]]}) for e in examples]
+
+
+def read_source(source: dict, where: str, base_dir: Optional[str] = None) -> list[Example]:
+    """All examples of one source entry (see ``check_source``)."""
+    check_source(source, where, base_dir)
+    spec = FORMATS[source["format"]]
+    if spec.glue_task is not None:
+        return _glue_rows(source_path(source, base_dir), spec.glue_task)
+    rows, origin = _raw_rows(source, base_dir)
+    examples = [spec.row(row, f"{origin}, row {i}") for i, row in enumerate(rows)]
+    if source.get("plus") is not None:
+        examples = _join_plus_tests(examples, dict(source["plus"]), where, base_dir)
+    return examples
