@@ -20,6 +20,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework import models, results
+from framework.fingerprint import fingerprint, same_data
 from framework.method import Adapted, Head, Method
 from framework.tasks.base import Task
 from framework.trainer import CHECKPOINT_FILE, TrainerSettings
@@ -128,14 +129,21 @@ def run(cfg: DictConfig) -> results.RunResult:
     resolved = resolved_config(cfg)
     description = method.describe()
     rid, path = identity(cfg, resolved, description["name"])
+    data_files = fingerprint(task.data_files())
     if results.completed(path) and not cfg.force:
+        previous = results.load_result(path)
+        recorded = previous.provenance.get("data_files")
+        if recorded is not None and not same_data(recorded, data_files):
+            raise InputError(f"{path} holds a completed result of this config made from data files whose contents "
+                             f"have changed since ({sorted(recorded)}); force=true reruns it and replaces that "
+                             f"result, or set paths.results_dir to keep both")
         log.info("skip: a completed result exists at %s (force=true reruns)", path)
-        return results.load_result(path)
+        return previous
     main = _is_main_process()
     result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
                                method_label=description.get("label", description["name"]), task=cfg.task.name,
                                seed=prepared.seed, config=resolved, selection_metric=task.selection_metric,
-                               provenance=results.provenance())
+                               provenance={**results.provenance(), "data_files": data_files})
     checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
     started = time.perf_counter()
     if not main:

@@ -216,3 +216,25 @@ def test_data_of_every_task_trains(tmp_path):
         assert result.selection_metric in result.test_at_best
     assert len(_results(tmp_path)) == 5
     assert (TEST_GLUE / "STS-B").exists()
+
+
+def test_a_rerun_after_the_data_changed_is_refused_not_skipped(tmp_path):
+    """The run id hashes the config, which names data by path: a changed file behind the same path must not
+    return the old result as if it were this data's."""
+    import shutil
+
+    from framework.pipeline import InputError, run
+
+    data = tmp_path / "SST-2"
+    shutil.copytree(TEST_GLUE / "SST-2", data)
+    overrides = [*tiny_overrides("sst2"), f"task.data_dir={data}", "trainer.epochs=1"]
+    first = run(compose_cfg(overrides, tmp_path))
+    recorded = first.provenance["data_files"]
+    assert sorted(Path(p).name for p in recorded) == ["dev.tsv", "train.tsv"]
+    assert run(compose_cfg(overrides, tmp_path)).timing == first.timing  # unchanged data: the stored result
+    with open(data / "train.tsv", "a") as handle:
+        handle.write("one more sentence\t1\n")
+    with pytest.raises(InputError, match="contents have changed"):
+        run(compose_cfg(overrides, tmp_path))
+    again = run(compose_cfg([*overrides, "force=true"], tmp_path))
+    assert again.run_id == first.run_id and again.provenance["data_files"] != recorded

@@ -54,6 +54,11 @@ class Task(ABC):
     def check_model(self, model_config) -> None:
         """Raise ``ValueError`` when the task cannot run on this model config (e.g. sequences too long)."""
 
+    def data_files(self) -> list:
+        """The local files and folders the task reads (none for Hub data): their contents are fingerprinted,
+        so a completed result is reused only for the same data."""
+        return []
+
     def check_processor(self, processor) -> None:
         """Raise ``ValueError`` when the task cannot use the model's processor (e.g. a chat template it lacks)."""
 

@@ -137,6 +137,10 @@ class DreamBoothTask(Task):
                     f"{'switched off (offline mode)' if hub.offline() else 'not reachable'}")
         return None
 
+    def data_files(self) -> list:
+        # the subject's images only: class images may be generated into class_dir by the run itself
+        return [self.instance_dir] if self.instance_dir is not None else []
+
     def check_model(self, model_config) -> None:
         from framework.diffusion_model import DiffusionSpec
 

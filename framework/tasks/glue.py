@@ -176,6 +176,9 @@ class GlueTask(Task):
         if self._raw is None:
             self._raw = self._read_raw() if self.data_dir is not None else load_hub_splits(self.spec, self.hub_dataset)
 
+    def data_files(self) -> list:
+        return [] if self.data_dir is None else sorted(resolve_task_folder(self.data_dir, self.spec).glob("*.tsv"))
+
     def head(self) -> HeadSpec:
         problem = "regression" if self.spec.is_regression else "single_label_classification"
         return HeadSpec(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True)

@@ -293,6 +293,9 @@ class ImageClassificationTask(Task):
                 out[name] = (pool, np.sort(rows[np.random.default_rng(eval_seq).permutation(len(rows))[:self.max_eval_samples]]))
         return out
 
+    def data_files(self) -> list:
+        return [self.data_dir] if self.source in ("folder", "csv") and self.data_dir is not None else []
+
     def check_processor(self, processor) -> None:
         self._image_mode(processor)
 

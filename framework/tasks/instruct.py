@@ -27,7 +27,7 @@ import torch
 from framework.models import position_limit
 from framework.tasks import answers
 from framework.tasks.base import HeadSpec, Task
-from framework.tasks.instruct_data import Example, check_source, read_source
+from framework.tasks.instruct_data import Example, check_source, read_source, source_path
 
 IGNORE = -100
 VAL_METRICS = ("accuracy", "loss")
@@ -149,6 +149,12 @@ class InstructTask(Task):
             if unscored:
                 raise ValueError(f"test sets {unscored} have no automatic score; they cannot be test sets")
             self._examples = {"train": train, **{f"test/{n}": rows for n, rows in tests.items()}}
+
+    def data_files(self) -> list:
+        sources = [self.train_source] if self.train_source else []
+        for source in self.test_sources.values():
+            sources += [dict(source)] + ([dict(source["plus"])] if source.get("plus") else [])
+        return [source_path(s, self.data_dir) for s in sources if s.get("path") is not None]
 
     def check_processor(self, tokenizer) -> None:
         if self.template == "chat" and not getattr(tokenizer, "chat_template", None):

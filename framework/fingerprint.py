@@ -1,0 +1,55 @@
+"""Content fingerprints of a run's local data files.
+
+A run's id is a hash of its config, and a config names data by path: change the file behind the path
+and the config stays the same. The pipeline records these fingerprints in each result and reuses a
+completed result only when the data still has the same content (``framework.pipeline.run``).
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterable
+
+CHUNK_BYTES = 1 << 20
+
+
+def fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """``{absolute path: sha256}`` of each file, or of each folder (over its files' relative names and
+    contents; hidden files skipped). Paths that do not exist are left to the task's own checks."""
+    out = {}
+    for path in paths:
+        resolved = Path(path).expanduser().resolve()
+        if resolved.exists():
+            out[str(resolved)] = _folder_digest(resolved) if resolved.is_dir() else _file_digest(resolved)
+    return out
+
+
+def same_data(recorded: dict[str, str], current: dict[str, str]) -> bool:
+    """Equal contents, wherever the files now lie (a moved copy is the same data)."""
+    return sorted(recorded.values()) == sorted(current.values())
+
+
+def _folder_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in folder.rglob("*")
+                   if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
+    for file in files:
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + _file_digest(file).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
+    """A sweep in one process hashes each file once (the key changes when the file does)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
