@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -23,6 +24,8 @@ from torch import nn
 
 from framework import hub
 from framework.tasks.base import HeadSpec
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 WEIGHTS = ("pretrained", "random", "meta")
@@ -153,11 +156,35 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, head: HeadSpec, weights
             model_cfg = {**dict(model_cfg), "pretrained": None}
         return builder.from_config(model_config(model_cfg, head)).to(dtype)
     try:
-        return builder.from_pretrained(source, dtype=dtype, **dict(head.model_kwargs))
+        model, loading = builder.from_pretrained(source, dtype=dtype, output_loading_info=True,
+                                                 **dict(head.model_kwargs))
     except OSError as err:
         if Path(source).exists():
             raise
         raise _offline_error("the model", source, err, model_cfg.get("made_by")) from err
+    if head.fresh:
+        _reinitialise_loaded_head(model, head_modules(model_cfg, kind), loading)
+    return model
+
+
+def _reinitialise_loaded_head(model: nn.Module, modules: list[str], loading: Mapping[str, Any]) -> None:
+    """A checkpoint that holds the whole head (a classifier fine-tuned on classes of the same count) would hand
+    it to the task silently: initialise the head as transformers initialises a missing one."""
+    from framework.method import in_modules
+
+    initialised = set(loading.get("missing_keys") or ()) | {k[0] for k in loading.get("mismatched_keys") or ()}
+    names = [n for n, _ in model.named_parameters() if in_modules(n, modules)]
+    loaded = [n for n in names if n not in initialised]
+    if not loaded or len(loaded) < len(names):  # the checkpoint lacks the classifier: it is new already, and
+        return                                  # a pretrained part (e.g. BERT's pooler) stays pretrained
+    for name, module in model.named_modules():
+        if name.rsplit(".", 1)[-1] in modules:
+            for param in module.parameters():  # transformers skips tensors it marked as loaded
+                if hasattr(param, "_is_hf_initialized"):
+                    del param._is_hf_initialized
+            module.apply(model._init_weights)
+    log.warning("the checkpoint's head %s was initialised anew (the task trains its own head): %s", modules,
+                ", ".join(loaded))
 
 
 def build_processor(model_cfg: Mapping[str, Any], kind: str):

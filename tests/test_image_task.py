@@ -4,6 +4,8 @@ the Fashion-MNIST pre-training script. Tiny ViT (hidden 32, 2 layers, 16 px, 8 p
 """
 from __future__ import annotations
 
+import dataclasses
+
 import gzip
 import json
 import shutil
@@ -290,6 +292,31 @@ def test_checkpoint_with_another_head_gets_a_fresh_one(tmp_path):
     model = models.build_model({**tiny_model_cfg(), "pretrained": str(tmp_path / "ckpt")}, "image-classification", spec)
     assert model.classifier.out_features == 3 and model.config.id2label == dict(enumerate(CLASSES))
     assert torch.equal(model.vit.layers[1].attention.q_proj.weight, source.vit.layers[1].attention.q_proj.weight)
+
+
+def test_checkpoint_head_with_the_same_class_count_is_initialised_anew(tmp_path, caplog):
+    """A fine-tuned checkpoint whose classifier has the task's class count must not hand its classes to the task."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from framework import models
+
+    arch = {k: v for k, v in tiny_model_cfg()["architecture"].items() if k != "model_type"}
+    source = ViTForImageClassification(ViTConfig(**arch, num_labels=len(CLASSES)))
+    with torch.no_grad():
+        source.classifier.weight.fill_(7.0)
+    source.save_pretrained(tmp_path / "ckpt")
+    entry = {**tiny_model_cfg(), "pretrained": str(tmp_path / "ckpt")}
+    spec = make_task(tmp_path).head()
+    torch.manual_seed(0)
+    model = models.build_model(entry, "image-classification", spec)
+    assert not torch.equal(model.classifier.weight, source.classifier.weight)
+    assert "initialised anew" in caplog.text
+    torch.manual_seed(0)
+    again = models.build_model(entry, "image-classification", spec)
+    assert torch.equal(model.classifier.weight, again.classifier.weight)  # seeded, like a missing head
+    assert torch.equal(model.vit.layers[0].attention.q_proj.weight, source.vit.layers[0].attention.q_proj.weight)
+    kept = models.build_model(entry, "image-classification", dataclasses.replace(spec, fresh=False))
+    assert torch.equal(kept.classifier.weight, source.classifier.weight)
 
 
 @pytest.mark.parametrize("size,c3a,lora,backbone", [("base", 221_184, 589_824, 85_798_656),

@@ -28,11 +28,14 @@ class HeadSpec:
     """What the task asks of the model's head.
 
     ``model_kwargs`` go to the model's config (``num_labels``, ``problem_type``, ``id2label``...);
-    ``trains`` says whether the head's parameters are trained (a classifier: yes; an LM head: no).
+    ``trains`` says whether the head's parameters are trained (a classifier: yes; an LM head: no);
+    ``fresh`` that the head belongs to the task's own classes, so a head the checkpoint happens to fill
+    (a classifier with the same class count) is initialised anew, as a missing one is.
     """
 
     model_kwargs: Mapping[str, Any] = field(default_factory=dict)
     trains: bool = True
+    fresh: bool = False
 
 
 class Task(ABC):

@@ -181,7 +181,8 @@ class GlueTask(Task):
 
     def head(self) -> HeadSpec:
         problem = "regression" if self.spec.is_regression else "single_label_classification"
-        return HeadSpec(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True)
+        return HeadSpec(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True,
+                        fresh=True)
 
     def check_model(self, model_config) -> None:
         limit = position_limit(model_config) if model_config is not None else None

@@ -187,7 +187,8 @@ class ImageClassificationTask(Task):
         # ignore_mismatched_sizes: a checkpoint whose classifier has another class count gets a fresh one
         return HeadSpec(model_kwargs={"id2label": dict(enumerate(names)),
                                       "label2id": {n: i for i, n in enumerate(names)},
-                                      "num_labels": len(names), "ignore_mismatched_sizes": True}, trains=True)
+                                      "num_labels": len(names), "ignore_mismatched_sizes": True}, trains=True,
+                        fresh=True)
 
     # ------------------------------------------------------------------- data
     def class_names(self) -> list[str]:
