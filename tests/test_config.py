@@ -1,8 +1,6 @@
 """Every config group member composes, resolves and instantiates; struct mode catches typos."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate

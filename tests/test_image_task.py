@@ -412,7 +412,6 @@ def test_pretraining_script_writes_a_loadable_backbone(tmp_path, capsys):
     import importlib.util
 
     from framework import models
-    from framework.tasks.base import HeadSpec
 
     rng = np.random.default_rng(0)
     data = tmp_path / "fashion"
