@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from framework.experiments import TableSpec, show_ours
+from framework.experiments import Average, TableSpec, TaskColumn, show_ours
 from framework.io import atomic_write, atomic_write_text
 from framework.tables import Row, Table, build_tables, unplaced_failures
 
@@ -23,9 +23,19 @@ METRIC_WORDS = {"matthews_correlation": "Matthews corr.", "pearson": "Pearson", 
                 "f1": "F1", "exact_match": "exact match"}
 
 
+def score_columns(spec: TableSpec) -> list[TaskColumn | Average]:
+    """Task columns in the spec's order, each average right after the last task it covers (Table 4: GSM8K,
+    MATH, Math Avg, HE, ..., Code Avg; an average over every task ends the row)."""
+    columns: list[TaskColumn | Average] = []
+    for task in spec.tasks:
+        columns.append(task)
+        columns += [a for a in spec.averages if a.tasks and a.tasks[-1] == task.name]
+    return columns + [a for a in spec.averages if a not in columns]
+
+
 def header(spec: TableSpec) -> list[str]:
     return ["Model", "Method", "Params", *(["Memory (GiB)"] if spec.memory else []),
-            *(t.title for t in spec.tasks), *(a.title for a in spec.averages)]
+            *(c.title for c in score_columns(spec))]
 
 
 def tex_escape(text: str) -> str:
@@ -135,17 +145,18 @@ def _md_row(row: Row, spec: TableSpec) -> list[str]:
     if spec.memory:
         paper_mem = row.paper_value("memory_gb")
         cells.append(_memory(row) + (f" (paper {paper_mem:.2f})" if paper_mem is not None else ""))
-    for task in spec.task_names:
-        cell = row.cells[task]
+    for column in score_columns(spec):
+        if isinstance(column, Average):
+            ours = row.average(column)
+            text = "—" if ours is None else f"{ours:.2f}" + (MD_MARKS["partial"] if row.average_partial(column) else "")
+            cells.append(text if ours is None else _with_paper(text, ours, row.paper_value(column.name)))
+            continue
+        cell = row.cells[column.name]
         if cell.mean is None:
             cells.append(_with_paper("—", None, cell.paper_mean))
             continue
         text = _mean_std(cell.mean, cell.std, "±") + "".join(MD_MARKS[k] for k in _cell_marks(cell))
         cells.append(_with_paper(text, cell.mean, cell.paper_mean))
-    for avg in spec.averages:
-        ours = row.average(avg)
-        text = "—" if ours is None else f"{ours:.2f}" + (MD_MARKS["partial"] if row.average_partial(avg) else "")
-        cells.append(text if ours is None else _with_paper(text, ours, row.paper_value(avg.name)))
     return cells
 
 
@@ -174,17 +185,18 @@ def _tex_row(row: Row, spec: TableSpec) -> list[str]:
     cells = [tex_escape(row.model_row), tex_escape(row.label), tex_escape(_params(row))]
     if spec.memory:
         cells.append(tex_escape(_memory(row)))
-    for task in spec.task_names:
-        cell = row.cells[task]
+    for column in score_columns(spec):
+        if isinstance(column, Average):
+            ours = row.average(column)
+            text = "--" if ours is None else f"{ours:.2f}" + _tex_marks(["partial"] if row.average_partial(column) else [])
+            cells.append(text + _tex_delta(ours, row.paper_value(column.name)))
+            continue
+        cell = row.cells[column.name]
         if cell.mean is None:
             cells.append("--")
             continue
         text = _mean_std(cell.mean, cell.std, r"$\pm$") + _tex_marks(_cell_marks(cell))
         cells.append(text + _tex_delta(cell.mean, cell.paper_mean))
-    for avg in spec.averages:
-        ours = row.average(avg)
-        text = "--" if ours is None else f"{ours:.2f}" + _tex_marks(["partial"] if row.average_partial(avg) else [])
-        cells.append(text + _tex_delta(ours, row.paper_value(avg.name)))
     return cells
 
 
