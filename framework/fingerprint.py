@@ -1,13 +1,15 @@
-"""Content fingerprints of a run's local data files.
+"""Content fingerprints: of a run's local data files, and of a tokenizer.
 
 A run's id is a hash of its config, and a config names data by path: change the file behind the path
 and the config stays the same. The pipeline records these fingerprints in each result and reuses a
-completed result only when the data still has the same content (``framework.pipeline.run``).
+completed result only when the data still has the same content (``framework.pipeline.run``). Tokenised
+data caches (GLUE, instruction tasks) key on ``tokenizer_fingerprint``: a tokenizer's name says little.
 """
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 import os
 from pathlib import Path
 from typing import Iterable
@@ -53,3 +55,20 @@ def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
         for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """Hash of everything that decides the token ids (vocab, normalizer, pre/post-processing)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        # truncation/padding are call-time state the tokenizer writes into its backend: not identity
+        parsed = json.loads(backend.to_str())
+        parsed.pop("truncation", None)
+        parsed.pop("padding", None)
+        definition = json.dumps(parsed, sort_keys=True)
+    else:
+        definition = json.dumps(
+            {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items()),
+             "special": sorted(map(str, tokenizer.all_special_tokens))}
+        )
+    return hashlib.sha256(definition.encode("utf-8")).hexdigest()

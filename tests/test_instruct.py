@@ -219,6 +219,24 @@ def test_a_plus_source_must_cover_every_problem(tmp_path):
         task.check_data()
 
 
+def test_tokenised_training_rows_are_cached_and_keyed_by_what_decides_them(tokenizer, tmp_path):
+    first = math_task(cache_dir=tmp_path)
+    rows = first.splits(tokenizer)["train"].rows
+    assert first.describe()["tokenized_cache"]["hit"] is False
+    again = math_task(cache_dir=tmp_path)
+    cached = again.splits(tokenizer)["train"].rows
+    assert again.describe()["tokenized_cache"] == {**first.describe()["tokenized_cache"], "hit": True}
+    assert [(r["input_ids"].tolist(), r["labels"].tolist()) for r in cached] == \
+           [(r["input_ids"].tolist(), r["labels"].tolist()) for r in rows]
+    assert again.describe()["train_rows"] == first.describe()["train_rows"]
+    for changed in ({"max_length": 64}, {"template": "chat"}, {"instruction_suffix": "Think."}, {"split_seed": 3}):
+        other = math_task(cache_dir=tmp_path, **changed)
+        if changed.get("template") == "chat" and not getattr(tokenizer, "chat_template", None):
+            continue
+        other.splits(tokenizer)
+        assert other.describe()["tokenized_cache"]["hit"] is False, changed
+
+
 # ------------------------------------------------------------------------------ data discipline
 def test_val_is_a_slice_of_train_and_test_sets_stay_apart(tokenizer):
     task = InstructTask("commonsense", train={"format": "commonsense", "path": "ft-training_set/commonsense_170k.json"},

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from framework.fingerprint import tokenizer_fingerprint
 from framework.models import position_limit
 from framework.tasks.base import HeadSpec, Task
 from framework.tasks.glue_data import (
@@ -60,23 +61,6 @@ def _sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    """Hash of everything that decides the token ids (vocab, normalizer, pre/post-processing)."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        # truncation/padding are call-time state the tokenizer writes into its backend: not identity
-        parsed = json.loads(backend.to_str())
-        parsed.pop("truncation", None)
-        parsed.pop("padding", None)
-        definition = json.dumps(parsed, sort_keys=True)
-    else:
-        definition = json.dumps(
-            {"class": type(tokenizer).__name__, "vocab": sorted(tokenizer.get_vocab().items()),
-             "special": sorted(map(str, tokenizer.all_special_tokens))}
-        )
-    return hashlib.sha256(definition.encode("utf-8")).hexdigest()
 
 
 class TokenizedSplit(torch.utils.data.Dataset):

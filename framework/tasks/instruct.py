@@ -17,6 +17,9 @@ their scoring rules are in ``instruct_data``. What the task does:
 """
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,12 +27,13 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from framework.fingerprint import tokenizer_fingerprint
 from framework.models import position_limit
 from framework.tasks import answers
 from framework.tasks.base import HeadSpec, Task
 from framework.tasks.instruct_data import Example, check_source, read_source, source_path
+from framework.tasks.lm_rows import IGNORE, ListDataset, ensure_pad_token, load_rows, pad_batch, save_rows
 
-IGNORE = -100
 VAL_METRICS = ("accuracy", "loss")
 _ALPACA_HEAD = "Below is an instruction that describes a task{}. Write a response that appropriately completes the request.\n\n"
 #: template name → (prompt without input, prompt with input); "chat" uses the tokenizer's chat template
@@ -49,41 +53,6 @@ def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def ensure_pad_token(tokenizer) -> Optional[str]:
-    """Give a tokenizer without a pad token its EOS as pad (labels are built from lengths, so EOS
-    targets stay in the loss). Returns what was set, or None when it already had one."""
-    if tokenizer.pad_token_id is not None:
-        return None
-    if tokenizer.eos_token is None:
-        raise ValueError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has neither a pad nor an EOS token")
-    tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer.eos_token
-
-
-class ListDataset(torch.utils.data.Dataset):
-    def __init__(self, rows: list[dict]):
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def __getitem__(self, index: int) -> dict:
-        return self.rows[index]
-
-
-def pad_batch(sequences: list[np.ndarray], value: int, left: bool) -> torch.Tensor:
-    """Pad 1-d int arrays to one length, on the left (generation) or the right (training)."""
-    width = max(len(s) for s in sequences)
-    out = torch.full((len(sequences), width), value, dtype=torch.long)
-    for row, seq in enumerate(sequences):
-        if len(seq):
-            if left:
-                out[row, width - len(seq):] = torch.as_tensor(seq, dtype=torch.long)
-            else:
-                out[row, :len(seq)] = torch.as_tensor(seq, dtype=torch.long)
-    return out
-
-
 class InstructTask(Task):
     model_kind = "causal-lm"
     processor_kind = "tokenizer"
@@ -93,7 +62,8 @@ class InstructTask(Task):
                  instruction_suffix: Optional[str] = None, val_metric: str = "accuracy",
                  val_size: int | float = 500, split_seed: int = 0, max_train_samples: Optional[int] = None,
                  max_eval_samples: Optional[int] = None, max_length: int = 512, max_new_tokens: int = 256,
-                 sandbox: Optional[dict] = None, keep_samples: int = 20):
+                 sandbox: Optional[dict] = None, keep_samples: int = 20,
+                 cache_dir: str | os.PathLike | None = None):
         self.name, self.train_source, self.test_sources = name, dict(train or {}), dict(test or {})
         self.data_dir = None if data_dir is None else str(data_dir)
         self.template, self.instruction_suffix, self.val_metric = template, instruction_suffix, val_metric
@@ -102,6 +72,7 @@ class InstructTask(Task):
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
         self.sandbox = {"timeout_s": 10.0, "memory_mb": 1024, "workers": 4, **dict(sandbox or {})}
         self.keep_samples = keep_samples
+        self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self._examples: Optional[dict[str, list[Example]]] = None
         self._info: dict[str, Any] = {}
         self._tokenizer = None
@@ -204,6 +175,27 @@ class InstructTask(Task):
             rows.append({"input_ids": ids, "labels": labels})
         return rows, {"truncated": int(truncated), "dropped_prompt_too_long": int(dropped)}
 
+    def _cached_train_rows(self, examples: list[Example], tokenizer) -> tuple[list[dict], dict]:
+        """``_train_rows`` through a cache (``cache_dir/instruct_tokenized``) keyed by the examples' text, the
+        template, ``max_length`` and the tokenizer's definition: a sweep tokenises MetaMathQA once, not per run."""
+        if self.cache_dir is None:
+            return self._train_rows(examples, tokenizer)
+        texts = hashlib.sha256()
+        for e in examples:
+            texts.update("\0".join((e.instruction, e.input, e.target)).encode("utf-8") + b"\1")
+        key_fields = {"format": 1, "examples": texts.hexdigest(), "template": self.template,
+                      "instruction_suffix": self.instruction_suffix, "max_length": self.max_length,
+                      "tokenizer": tokenizer_fingerprint(tokenizer), "eos": tokenizer.eos_token_id,
+                      "chat_template": getattr(tokenizer, "chat_template", None) if self.template == "chat" else None}
+        key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode("utf-8")).hexdigest()
+        path = self.cache_dir / "instruct_tokenized" / f"{self.name}-{key[:20]}.npz"
+        hit = path.is_file()
+        rows, stats = load_rows(path) if hit else self._train_rows(examples, tokenizer)
+        if not hit:
+            save_rows(path, rows, stats)
+        self._info["tokenized_cache"] = {"path": str(path), "hit": hit}
+        return rows, stats
+
     def _eval_rows(self, examples: list[Example], set_names: list[str], tokenizer) -> list[dict]:
         prompts = self._prompt_ids(examples, tokenizer)
         rows = [{"prompt_ids": p, "set": s, "scorer": e.scorer, "reference": e.reference, "keywords": e.keywords}
@@ -250,7 +242,7 @@ class InstructTask(Task):
         order = np.random.default_rng(split_seq).permutation(len(pool))
         val = self._subset([pool[i] for i in np.sort(order[:n_val])], self.max_eval_samples, eval_seq)
         train = self._subset([pool[i] for i in np.sort(order[n_val:])], self.max_train_samples, train_seq)
-        train_rows, stats = self._train_rows(train, tokenizer)
+        train_rows, stats = self._cached_train_rows(train, tokenizer)
         if not train_rows:
             raise ValueError(f"every training row's prompt is longer than task.max_length={self.max_length}")
         if self.val_metric == "loss":
