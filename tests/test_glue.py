@@ -305,8 +305,9 @@ def test_offline_hub_without_cache_fails_within_seconds(tmp_path):
 def test_head_and_loss(tmp_path):
     rte, sts = make_task("rte", tmp_path), make_task("stsb", tmp_path)
     assert rte.head() == HeadSpec(model_kwargs={"num_labels": 2, "problem_type": "single_label_classification"},
-                                  trains=True)
-    assert sts.head() == HeadSpec(model_kwargs={"num_labels": 1, "problem_type": "regression"}, trains=True)
+                                  trains=True, fresh=True)  # a task's classifier is its own, never a checkpoint's
+    assert sts.head() == HeadSpec(model_kwargs={"num_labels": 1, "problem_type": "regression"}, trains=True,
+                                  fresh=True)
     logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
     assert torch.allclose(rte.loss(logits, labels), F.cross_entropy(logits, labels))
     scores, targets = torch.randn(4, 1), torch.tensor([0.5, 4.0, 2.2, 3.1])
