@@ -40,8 +40,9 @@ bench: ## C3A operator speed and memory vs LoRA r=8 and PEFT's C3A (ratios side 
 memory: ## Peak training memory per Table 2 method, CPU scaled-down version (ratios to LoRA)
 	$(PYTHON) scripts/measure_memory.py
 
-memory-gpu: ## Peak training memory per Table 2 method at the paper's protocol (CUDA)
+memory-gpu: ## Peak training memory at the paper's protocol (CUDA, random weights): Table 2 (64 x 256) and Table 3's LLaMA rows (16 x 256)
 	$(PYTHON) scripts/measure_memory.py --device cuda
+	$(PYTHON) scripts/measure_memory.py --device cuda --table table3 --batch-size 16 --seq-len 256
 
 bench-loop: ## The trainer's own cost: the same MiniLM fine-tune through the trainer and a plain loop (ratio)
 	$(PYTHON) scripts/bench_loop.py

@@ -73,6 +73,12 @@ class Method(ABC):
         return {"name": self.name}
 
 
+def row_label(method: Method, configured: str | None = None) -> str:
+    """The label a run's result and its table row carry: ``configured`` (the config's ``method_label``; a paper
+    preset sets the paper's, e.g. "C3A b=4096/32"), else the method's own (e.g. "LoRA r=8")."""
+    return configured or method.describe().get("label", method.name)
+
+
 def in_modules(name: str, modules: Sequence[str]) -> bool:
     """Whether a qualified name lies in one of ``modules`` (matched by name component).
 

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from framework import models, results
 from framework.fingerprint import fingerprint, same_data
-from framework.method import Adapted, Head, Method
+from framework.method import Adapted, Head, Method, row_label
 from framework.tasks.base import Task
 from framework.trainer import CHECKPOINT_FILE, TrainerSettings
 
@@ -141,7 +141,7 @@ def run(cfg: DictConfig) -> results.RunResult:
         return previous
     main = _is_main_process()
     result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
-                               method_label=description.get("label", description["name"]), task=cfg.task.name,
+                               method_label=row_label(method, cfg.get("method_label")), task=cfg.task.name,
                                seed=prepared.seed, config=resolved, selection_metric=task.selection_metric,
                                provenance={**results.provenance(), "data_files": data_files})
     checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid

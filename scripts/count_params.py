@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from framework.experiments import ParamsFigure, SpecError, SpecRow, TableSpec, build_row, load_all  # noqa: E402
+from framework.method import row_label  # noqa: E402
 
 #: shapes from the model entry's architecture, never a download
 SKELETON = ("model.pretrained=null",)
@@ -72,7 +73,8 @@ def checks(specs: list[TableSpec]) -> list[Check]:
 def count(check: Check) -> Counted:
     built = build_row(check.row, weights="meta", extra_overrides=SKELETON)
     total = sum(p.numel() for p in built.adapted.model.parameters())
-    return Counted(check, built.method.describe()["label"], built.adapted.num_adapter_params(), total)
+    return Counted(check, row_label(built.method, built.cfg.get("method_label")), built.adapted.num_adapter_params(),
+                   total)
 
 
 def format_table(results: list[Counted]) -> str:

@@ -1,4 +1,4 @@
-"""Peak training memory of every row of a paper table (Table 2's memory column).
+"""Peak training memory of every row of a paper table (the memory columns of Tables 2 and 3).
 
 The rows are the spec's (results/paper/table2.yaml by default; framework/experiments.py), each composed as
 run.py composes it (experiment=<preset> + overrides) and built through the one model builder with random
@@ -9,9 +9,12 @@ so peaks do not leak into each other.
     python scripts/measure_memory.py                 # CPU, scaled down: peak RSS and the ratio to LoRA
     python scripts/measure_memory.py --device cuda   # the paper's protocol: torch.cuda.max_memory_allocated
     python scripts/measure_memory.py --presets table2/base_lora --on-model tiny-roberta   # a seconds-long check
+    python scripts/measure_memory.py --device cuda --table table3 --batch-size 16 --seq-len 256   # LLaMA rows
 
-Writes results/memory/memory_<device>.csv (model, method_label, device, peak_bytes, ...), which
-`make table2` uses for its memory column, and prints `RATIO <model>/<method> <value>` lines.
+Causal-LM rows put every token in the loss; image rows feed images at the model's size.
+
+Writes results/memory/memory_<table>_<device>.csv (model, method_label, device, peak_bytes, ...), which
+the table builder uses for its memory column, and prints `RATIO <model>/<method> <value>` lines.
 """
 from __future__ import annotations
 
@@ -43,21 +46,19 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
     import torch
 
     from framework.experiments import build_row
+    from framework.method import row_label
 
     row = load_spec(spec_name).rows[row_index]
     torch.manual_seed(0)
     built = build_row(row, weights="random", extra_overrides=[f"model={on_model}"] if on_model else [])
-    if built.task.model_kind != "sequence-classification":
-        raise SystemExit(f"row {row.model} {row.label!r}: make memory feeds token batches with class labels "
-                         f"(sequence classification); this row's task is {built.task.model_kind!r}")
+    kind = built.task.model_kind
+    if kind not in BATCHES:
+        raise SystemExit(f"row {row.model} {row.label!r}: make memory builds batches for {sorted(BATCHES)}; "
+                         f"this row's task is {kind!r}")
     model = built.adapted.model.to(device)
     optimizer = torch.optim.AdamW([p for _, p in built.adapted.head + built.adapted.adapter], lr=1e-4)
-    vocab = int(built.cfg.model.architecture.vocab_size)
-    num_labels = int(built.task.head().model_kwargs.get("num_labels", 2))
     generator = torch.Generator().manual_seed(0)
-    input_ids = torch.randint(5, vocab, (batch_size, seq_len), generator=generator)
-    batch = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
-             "labels": torch.randint(0, max(num_labels, 1), (batch_size,), generator=generator).to(device)}
+    batch = {k: v.to(device) for k, v in BATCHES[kind](built, batch_size, seq_len, generator).items()}
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -67,7 +68,7 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     out = {"model": built.cfg.model.name, "method": built.cfg.method.name,
-           "method_label": built.method.describe().get("label", built.cfg.method.name), "preset": row.preset,
+           "method_label": row_label(built.method, built.cfg.get("method_label")), "preset": row.preset,
            "device": device, "batch_size": batch_size, "seq_len": seq_len, "steps": steps,
            "trainable_excl_head": built.adapted.num_adapter_params()}
     if device == "cuda":
@@ -77,6 +78,39 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
     else:
         out.update(peak_bytes=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, kind="cpu_peak_rss")
     return out
+
+
+def _classification_tokens(built, batch_size: int, seq_len: int, generator) -> dict:
+    import torch
+
+    input_ids = torch.randint(5, int(built.cfg.model.architecture.vocab_size), (batch_size, seq_len), generator=generator)
+    num_labels = int(built.task.head().model_kwargs.get("num_labels", 2))
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
+            "labels": torch.randint(0, max(num_labels, 1), (batch_size,), generator=generator)}
+
+
+def _causal_lm_tokens(built, batch_size: int, seq_len: int, generator) -> dict:
+    """Every token in the loss: the most an instruction batch of this length can cost."""
+    import torch
+
+    input_ids = torch.randint(5, int(built.cfg.model.architecture.vocab_size), (batch_size, seq_len), generator=generator)
+    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
+
+
+def _images(built, batch_size: int, seq_len: int, generator) -> dict:
+    """Images at the model's own size (``seq_len`` does not apply)."""
+    import torch
+
+    arch = built.cfg.model.architecture
+    size, channels = int(arch.image_size), int(arch.get("num_channels", 3))
+    num_labels = int(built.task.head().model_kwargs.get("num_labels", 2))
+    return {"pixel_values": torch.randn(batch_size, channels, size, size, generator=generator),
+            "labels": torch.randint(0, num_labels, (batch_size,), generator=generator)}
+
+
+#: a synthetic training batch per task kind, in the layout that kind's task feeds its training loss
+BATCHES = {"sequence-classification": _classification_tokens, "causal-lm": _causal_lm_tokens,
+           "image-classification": _images}
 
 
 def csv_text(rows: list[dict]) -> str:
@@ -145,7 +179,7 @@ def main() -> int:
         for row in rows:
             if row["model"] == model_name and lora:
                 row["ratio_to_lora"] = row["peak_bytes"] / lora["peak_bytes"]
-    path = Path(args.out_dir) / f"memory_{args.device}.csv"
+    path = Path(args.out_dir) / f"memory_{args.table}_{args.device}.csv"  # tables read every memory/*.csv
     atomic_write_text(path, csv_text(rows))
     print(f"wrote {path}")
     for row in rows:

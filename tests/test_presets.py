@@ -29,3 +29,22 @@ def test_preset_runs_one_step(tmp_path, index, preset):
     assert result.status == "completed" and len(result.epochs) == 1
     assert result.config["trainer"]["max_steps_per_epoch"] == 1
     assert result.selection_metric in result.test_at_best
+
+
+def _declared_rows():
+    from framework.experiments import load_all
+
+    return [(spec.name, row) for spec in load_all() for row in spec.rows if row.preset]
+
+
+@pytest.mark.parametrize("table,row", _declared_rows(), ids=lambda x: x if isinstance(x, str) else f"{x.model}-{x.label}")
+def test_every_paper_preset_labels_its_runs_as_the_table_row(table, row):
+    """Tables group runs by their recorded label: a preset whose runs carry another label than its row would put
+    them beside the paper's row, not in it (and miss its memory figure)."""
+    from hydra.utils import instantiate
+
+    from framework.experiments import compose_row
+    from framework.method import row_label
+
+    cfg = compose_row(row)
+    assert row_label(instantiate(cfg.method, _convert_="all"), cfg.get("method_label")) == row.label, table
