@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop memory memory-gpu cost table2 tables demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all params bench bench-loop memory memory-estimate memory-gpu cost table2 tables demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,9 @@ bench: ## C3A operator speed and memory vs LoRA r=8 and PEFT's C3A (ratios side 
 
 memory: ## Peak training memory per Table 2 method, CPU scaled-down version (ratios to LoRA)
 	$(PYTHON) scripts/measure_memory.py
+
+memory-estimate: ## Peak training memory counted on the meta device (no GPU, seconds): Table 3's LLaMA rows at 16 x 256, does BOFT fit?
+	$(PYTHON) scripts/measure_memory.py --estimate --table table3 --batch-size 16 --seq-len 256
 
 memory-gpu: ## Peak training memory at the paper's protocol (CUDA, random weights): Table 2 (64 x 256) and Table 3's LLaMA rows (16 x 256)
 	$(PYTHON) scripts/measure_memory.py --device cuda

@@ -246,7 +246,7 @@ def choose_path(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> 
     merged weight would round the adapter away, and so would autocast) and there are enough tokens to amortise
     building W_eff."""
     same_dtype = x.dtype == weight.dtype == kernel.dtype and x.dtype in (torch.float32, torch.float64)
-    autocast = torch.is_autocast_enabled(x.device.type)
+    autocast = x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)  # meta: shape inference
     tokens = x.numel() // max(1, x.shape[-1])
     d_out, d_in = weight.shape
     enough = tokens >= max(MERGE_MIN_TOKENS, MERGE_TOKENS_PER_DIM * 2 * d_in * d_out / (d_in + d_out))

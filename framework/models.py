@@ -150,7 +150,7 @@ def build_model(model_cfg: Mapping[str, Any], kind: str, head: HeadSpec, weights
     source = weights_source(model_cfg)
     if weights == "meta":
         with torch.device("meta"):
-            return builder.from_config(model_config(model_cfg, head))
+            return builder.from_config(model_config(model_cfg, head)).to(dtype)
     if weights == "random" or source is None:
         if weights == "random" and source is not None:
             model_cfg = {**dict(model_cfg), "pretrained": None}

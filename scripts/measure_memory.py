@@ -46,19 +46,20 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
     import torch
 
     from framework.experiments import build_row
+    from framework.memory import synthetic_batch
     from framework.method import row_label
 
     row = load_spec(spec_name).rows[row_index]
     torch.manual_seed(0)
     built = build_row(row, weights="random", extra_overrides=[f"model={on_model}"] if on_model else [])
-    kind = built.task.model_kind
-    if kind not in BATCHES:
-        raise SystemExit(f"row {row.model} {row.label!r}: make memory builds batches for {sorted(BATCHES)}; "
-                         f"this row's task is {kind!r}")
     model = built.adapted.model.to(device)
     optimizer = torch.optim.AdamW([p for _, p in built.adapted.head + built.adapted.adapter], lr=1e-4)
     generator = torch.Generator().manual_seed(0)
-    batch = {k: v.to(device) for k, v in BATCHES[kind](built, batch_size, seq_len, generator).items()}
+    try:
+        batch = synthetic_batch(built.cfg, built.task, batch_size, seq_len, generator)
+    except ValueError as err:
+        raise SystemExit(f"row {row.model} {row.label!r}: {err}") from None
+    batch = {k: v.to(device) for k, v in batch.items()}
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -80,45 +81,49 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
     return out
 
 
-def _classification_tokens(built, batch_size: int, seq_len: int, generator) -> dict:
-    import torch
-
-    input_ids = torch.randint(5, int(built.cfg.model.architecture.vocab_size), (batch_size, seq_len), generator=generator)
-    num_labels = int(built.task.head().model_kwargs.get("num_labels", 2))
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids),
-            "labels": torch.randint(0, max(num_labels, 1), (batch_size,), generator=generator)}
-
-
-def _causal_lm_tokens(built, batch_size: int, seq_len: int, generator) -> dict:
-    """Every token in the loss: the most an instruction batch of this length can cost."""
-    import torch
-
-    input_ids = torch.randint(5, int(built.cfg.model.architecture.vocab_size), (batch_size, seq_len), generator=generator)
-    return {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": input_ids.clone()}
-
-
-def _images(built, batch_size: int, seq_len: int, generator) -> dict:
-    """Images at the model's own size (``seq_len`` does not apply)."""
-    import torch
-
-    arch = built.cfg.model.architecture
-    size, channels = int(arch.image_size), int(arch.get("num_channels", 3))
-    num_labels = int(built.task.head().model_kwargs.get("num_labels", 2))
-    return {"pixel_values": torch.randn(batch_size, channels, size, size, generator=generator),
-            "labels": torch.randint(0, num_labels, (batch_size,), generator=generator)}
-
-
-#: a synthetic training batch per task kind, in the layout that kind's task feeds its training loss
-BATCHES = {"sequence-classification": _classification_tokens, "causal-lm": _causal_lm_tokens,
-           "image-classification": _images}
-
-
 def csv_text(rows: list[dict]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     return buffer.getvalue()
+
+
+ESTIMATE_FIELDS = ["model", "method_label", "preset", "batch_size", "seq_len", "total_gib", "weights_gib", "buffers_gib",
+                   "gradients_gib", "optimizer_gib", "activations_gib", "trainable"]
+
+
+def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
+    """``--estimate``: each chosen row's peak counted on the meta device, printed and written as CSV."""
+    from framework.experiments import compose_row
+    from framework.memory import estimate
+    from framework.method import row_label
+
+    from hydra.utils import instantiate
+
+    extra = ["model.pretrained=null", *([f"model={args.on_model}"] if args.on_model else [])]
+    rows = []
+    print(f"estimated peak training memory (meta device, a floor): batch {protocol['batch_size']} x "
+          f"{protocol['seq_len']} tokens, AdamW")
+    for index in chosen:
+        cfg = compose_row(spec.rows[index], extra)
+        counted = estimate(cfg, protocol["batch_size"], protocol["seq_len"]).as_dict()
+        row = {"model": cfg.model.name, "method_label": row_label(instantiate(cfg.method, _convert_="all"),
+                                                                   cfg.get("method_label")),
+               "preset": spec.rows[index].preset, "batch_size": protocol["batch_size"], "seq_len": protocol["seq_len"],
+               "trainable": counted.pop("trainable"), **{f"{k}_gib": round(v / 2**30, 3) for k, v in counted.items()}}
+        rows.append(row)
+        print(f"  {row['model']:12s} {row['method_label']:16s} {row['total_gib']:8.2f} GiB  (weights "
+              f"{row['weights_gib']:.2f}, buffers {row['buffers_gib']:.2f}, activations {row['activations_gib']:.2f})")
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ESTIMATE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    path = Path(args.out_dir or ROOT / "results" / "memory_estimates") / (
+        f"estimate_{args.table}_b{protocol['batch_size']}x{protocol['seq_len']}.csv")
+    atomic_write_text(path, buffer.getvalue())
+    print(f"wrote {path}")
+    return 0
 
 
 def main() -> int:
@@ -131,7 +136,10 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--seq-len", type=int)
     parser.add_argument("--steps", type=int)
-    parser.add_argument("--out-dir", default=str(ROOT / "results" / "memory"))
+    parser.add_argument("--out-dir", default=None, help="default: results/memory (results/memory_estimates "
+                        "with --estimate: estimates never fill a table's measured column)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="no training step: the peak counted on the meta device (framework/memory.py)")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # internal: one row by index, JSON on stdout
     args = parser.parse_args()
     protocol = dict(PROTOCOL[args.device])
@@ -150,6 +158,8 @@ def main() -> int:
     if not chosen:
         parser.error(f"no rows of {spec.path.name} match --models {args.models} --presets {args.presets}; "
                      f"presets: {[r.preset for r in spec.rows]}")
+    if args.estimate:
+        return write_estimates(spec, chosen, args, protocol)
     if args.device == "cuda":
         import torch
 
@@ -179,7 +189,7 @@ def main() -> int:
         for row in rows:
             if row["model"] == model_name and lora:
                 row["ratio_to_lora"] = row["peak_bytes"] / lora["peak_bytes"]
-    path = Path(args.out_dir) / f"memory_{args.table}_{args.device}.csv"  # tables read every memory/*.csv
+    path = Path(args.out_dir or ROOT / "results" / "memory") / f"memory_{args.table}_{args.device}.csv"  # tables read every memory/*.csv
     atomic_write_text(path, csv_text(rows))
     print(f"wrote {path}")
     for row in rows:
