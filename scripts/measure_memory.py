@@ -107,7 +107,11 @@ def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
           f"{protocol['seq_len']} tokens, AdamW")
     for index in chosen:
         cfg = compose_row(spec.rows[index], extra)
-        counted = estimate(cfg, protocol["batch_size"], protocol["seq_len"]).as_dict()
+        try:
+            counted = estimate(cfg, protocol["batch_size"], protocol["seq_len"]).as_dict()
+        except ValueError as err:  # e.g. a block size that does not fit the --on-model layers
+            print(f"  {spec.rows[index].model} {spec.rows[index].label}: FAILED: {err}", file=sys.stderr)
+            continue
         row = {"model": cfg.model.name, "method_label": row_label(instantiate(cfg.method, _convert_="all"),
                                                                    cfg.get("method_label")),
                "preset": spec.rows[index].preset, "batch_size": protocol["batch_size"], "seq_len": protocol["seq_len"],
@@ -123,7 +127,7 @@ def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
         f"estimate_{args.table}_b{protocol['batch_size']}x{protocol['seq_len']}.csv")
     atomic_write_text(path, buffer.getvalue())
     print(f"wrote {path}")
-    return 0
+    return 0 if len(rows) == len(chosen) else 1
 
 
 def main() -> int:
