@@ -26,8 +26,8 @@ import torch
 from torch.utils.data import DataLoader, Sampler
 
 from framework.io import atomic_write
-from framework.rng import rng_state, seed_everything, set_rng_state
 from framework.method import Adapted
+from framework.rng import rng_state, seed_everything, set_rng_state
 from framework.tasks.base import Task
 
 CHECKPOINT_FILE = "state.pt"

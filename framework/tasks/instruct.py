@@ -1,7 +1,7 @@
 """Instruction tuning of a causal LM, scored by greedy generation (docs/paper.md §4: Tables 3, 4).
 
 One task class serves math (MetaMathQA → GSM8K, MATH), commonsense (Commonsense170K → eight sets),
-code (Magicoder-Evol-Instruct → HumanEval, MBPP) and instruction-style GLUE checks; the sources and
+code (Magicoder-Evol-Instruct → HumanEval(+), MBPP(+)) and instruction-style GLUE checks; the sources and
 their scoring rules are in ``instruct_data``. What the task does:
 
 - prompts follow one template per task (``TEMPLATES``: the source's own — Alpaca for MetaMathQA and
@@ -9,11 +9,13 @@ their scoring rules are in ``instruct_data``. What the task does:
 - the loss covers the answer tokens only (prompt labels are -100); rows are cut at ``max_length``
   and rows whose prompt alone fills it are dropped (both counted in ``describe()``);
 - evaluation generates greedily from left-padded batches (``max_new_tokens``) and scores each
-  generation with its source's rule; generated code runs only in ``framework.sandbox``;
+  generation with its source's rule; generated code runs only in ``framework.sandbox``, and a problem
+  with an EvalPlus suite gets a second verdict from the same generation (``<set>_plus``);
 - data discipline: a seeded slice of the training source is the validation set that picks the
   epoch (``val_metric``: generation accuracy, or answer-token loss for sources without automatic
   scoring); the test sets are never used for selection. ``score`` is the selection metric: on val
-  the val metric, on test the plain mean over test sets (the paper's Avg columns).
+  the val metric, on test the plain mean over test sets and verdicts (the paper's Avg columns). A task
+  without a training source only evaluates (``trainer.epochs=0``, ``method=zero_shot``).
 """
 from __future__ import annotations
 
