@@ -72,8 +72,10 @@ llama-cpu: ## SmolLM2-135M (pip package) on SST-2 as instructions: zero-shot vs 
 table3: ## Table 3 sweep (GPU, Hub): LLaMA2-7B/3-8B x C3A, LoRA, DoRA, VeRA on commonsense; DATA=LLM-Adapters checkout
 	$(PYTHON) run.py -m experiment=table3/llama2_c3a,table3/llama2_lora,table3/llama2_dora,table3/llama2_vera,table3/llama3_c3a,table3/llama3_lora,table3/llama3_dora,table3/llama3_vera task.data_dir=$(DATA)
 
+TABLE4 = table4/llama2_zero_shot,table4/llama3_zero_shot,table4/llama2_c3a,table4/llama2_lora,table4/llama2_dora,table4/llama2_vera,table4/llama3_c3a,table4/llama3_lora,table4/llama3_dora,table4/llama3_vera
 table4: ## Table 4 sweep (GPU, Hub): math and code x zero-shot, C3A, LoRA, DoRA, VeRA; MATH_TEST=MATH test JSONL
-	$(PYTHON) run.py -m experiment=table4/llama2_zero_shot,table4/llama3_zero_shot,table4/llama2_c3a,table4/llama2_lora,table4/llama2_dora,table4/llama2_vera,table4/llama3_c3a,table4/llama3_lora,table4/llama3_dora,table4/llama3_vera task=math,code task.test.math.path=$(MATH_TEST)
+	$(PYTHON) run.py -m experiment=$(TABLE4) task=math task.test.math.path=$(MATH_TEST)
+	$(PYTHON) run.py -m experiment=$(TABLE4) task=code
 
 vit-pretrain: ## Pre-train the small ViT on Fashion-MNIST once (needs: apt-get install dataset-fashion-mnist)
 	$(PYTHON) scripts/pretrain_vit_fmnist.py

@@ -48,3 +48,31 @@ def test_every_paper_preset_labels_its_runs_as_the_table_row(table, row):
 
     cfg = compose_row(row)
     assert row_label(instantiate(cfg.method, _convert_="all"), cfg.get("method_label")) == row.label, table
+
+
+def _makefile_sweeps() -> list[tuple[str, list[str]]]:
+    """Every combination of every `run.py -m` line in the Makefile, its $(VARIABLES) given placeholder values."""
+    import itertools
+    import re
+    import shlex
+
+    text = (CONF.parent / "Makefile").read_text()
+    variables = dict(re.findall(r"^([A-Z0-9_]+) *\??= *(.*)$", text, re.MULTILINE))
+    combos = []
+    for line in (l for l in text.splitlines() if "run.py -m" in l):
+        line = re.sub(r"\$\(([A-Z0-9_]+)\)", lambda m: variables.get(m.group(1)) or f"/placeholder/{m.group(1)}", line)
+        choices = []
+        for arg in shlex.split(line.split("run.py -m", 1)[1]):
+            key, _, values = arg.partition("=")
+            choices.append([f"{key}={v}" for v in values.split(",")] if "," in values else [arg])
+        combos += [(line.strip()[:60], list(c)) for c in itertools.product(*choices)]
+    return combos
+
+
+@pytest.mark.parametrize("line,overrides", _makefile_sweeps(), ids=lambda x: x if isinstance(x, str) else " ".join(x))
+def test_every_makefile_sweep_composes(line, overrides):
+    """A sweep whose overrides do not fit one of its combinations fails only when the cluster reaches it."""
+    from framework.compose import compose_config
+
+    cfg = compose_config(overrides)
+    assert cfg.task.name and cfg.method.name
