@@ -380,12 +380,16 @@ class BuiltRow:
 def build_row(row: SpecRow, weights: str, extra_overrides: tuple[str, ...] | list[str] = ()) -> BuiltRow:
     """Compose the row, build its model through the one model builder for the task's kind and head, and apply
     its method, as the pipeline does (``weights``: ``"meta"`` to count, ``"random"`` to train)."""
+    return build_config(compose_row(row, extra_overrides), weights)
+
+
+def build_config(cfg, weights: str) -> BuiltRow:
+    """``build_row`` for a config already composed."""
     from hydra.utils import instantiate
 
     from framework import models
     from framework.method import Head
 
-    cfg = compose_row(row, extra_overrides)
     task = instantiate(cfg.task, _convert_="all")
     head = Head(models.head_modules(cfg.model, task.model_kind), trains=task.head().trains)
     model = models.build_model(cfg.model, task.model_kind, task.head(), weights=weights)

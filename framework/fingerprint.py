@@ -24,7 +24,7 @@ def fingerprint(paths: Iterable[str | os.PathLike]) -> dict[str, str]:
     for path in paths:
         resolved = Path(path).expanduser().resolve()
         if resolved.exists():
-            out[str(resolved)] = _folder_digest(resolved) if resolved.is_dir() else _file_digest(resolved)
+            out[str(resolved)] = _folder_digest(resolved) if resolved.is_dir() else file_sha256(resolved)
     return out
 
 
@@ -38,18 +38,19 @@ def _folder_digest(folder: Path) -> str:
     files = sorted(p for p in folder.rglob("*")
                    if p.is_file() and not any(part.startswith(".") for part in p.relative_to(folder).parts))
     for file in files:
-        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + _file_digest(file).encode() + b"\n")
+        digest.update(file.relative_to(folder).as_posix().encode() + b"\0" + file_sha256(file).encode() + b"\n")
     return digest.hexdigest()
 
 
-def _file_digest(path: Path) -> str:
-    stat = path.stat()
-    return _cached_digest(str(path), stat.st_size, stat.st_mtime_ns)
+def file_sha256(path: str | os.PathLike) -> str:
+    """A file's SHA-256, remembered per (path, size, mtime): a run or a sweep in one process reads each file once."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return _cached_digest(str(resolved), stat.st_size, stat.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=4096)
 def _cached_digest(path: str, size: int, mtime_ns: int) -> str:
-    """A sweep in one process hashes each file once (the key changes when the file does)."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(CHUNK_BYTES), b""):

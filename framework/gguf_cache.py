@@ -9,12 +9,12 @@ folder renamed into place), so concurrent runs never read half a conversion.
 """
 from __future__ import annotations
 
-import functools
-import hashlib
 import os
 import shutil
 import tempfile
 from pathlib import Path
+
+from framework.fingerprint import file_sha256
 
 DEFAULT_CACHE = "~/.cache/c3a"
 CACHE_ENV = "C3A_CACHE_DIR"
@@ -23,21 +23,6 @@ CACHE_ENV = "C3A_CACHE_DIR"
 def cache_root() -> Path:
     """Where conversions live: ``$C3A_CACHE_DIR`` or ``~/.cache/c3a``."""
     return Path(os.environ.get(CACHE_ENV, DEFAULT_CACHE)).expanduser() / "gguf"
-
-
-def _sha256(path: Path) -> str:
-    stat = path.stat()
-    return _sha256_of(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
-
-
-@functools.lru_cache(maxsize=16)
-def _sha256_of(path: str, mtime_ns: int, size: int) -> str:
-    """Content hash, remembered per (path, mtime, size): the builder asks several times per run."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def locate_gguf(source: str, gguf_file: str) -> Path:
@@ -80,7 +65,7 @@ def convert(gguf: Path, target: Path) -> None:
 def converted_folder(source: str, gguf_file: str) -> Path:
     """The safetensors folder for ``gguf_file`` in ``source``, converting it on first use."""
     gguf = locate_gguf(source, gguf_file)
-    target = cache_root() / f"{Path(gguf_file).stem}-{_sha256(gguf)[:16]}"
+    target = cache_root() / f"{Path(gguf_file).stem}-{file_sha256(gguf)[:16]}"
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

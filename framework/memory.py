@@ -98,21 +98,24 @@ def _nbytes(tensors) -> int:
     return total
 
 
+def build_on_meta(cfg):
+    """The run's adapted model on the meta device (shapes only), as ``framework.experiments.build_config``
+    builds it; returns that ``BuiltRow``."""
+    from framework.experiments import build_config
+
+    with torch.device("meta"), _meta_safe_boft():
+        return build_config(cfg, weights="meta")
+
+
 def estimate(cfg, batch_size: int, seq_len: int) -> Estimate:
     """The peak of one training step of ``cfg`` (a composed run config; weights are never loaded)."""
-    from hydra.utils import instantiate
+    return estimate_built(build_on_meta(cfg), batch_size, seq_len)
 
-    from framework import models
-    from framework.method import Head
 
-    task = instantiate(cfg.task, _convert_="all")
-    spec = task.head()
-    head = Head(models.head_modules(cfg.model, task.model_kind), trains=spec.trains)
-    with torch.device("meta"), _meta_safe_boft():
-        model = models.build_model(cfg.model, task.model_kind, spec, weights="meta")
-        adapted = instantiate(cfg.method, _convert_="all").apply(model, head)
-    model = adapted.model
-    trainable = [p for _, p in adapted.head + adapted.adapter]
+def estimate_built(built, batch_size: int, seq_len: int) -> Estimate:
+    """The peak of one training step of a row built by ``build_on_meta``."""
+    model = built.adapted.model
+    trainable = [p for _, p in built.adapted.head + built.adapted.adapter]
     held = {p.untyped_storage()._cdata for p in model.parameters()} | {b.untyped_storage()._cdata
                                                                        for b in model.buffers()}
     saved: list[torch.Tensor] = []
@@ -124,10 +127,10 @@ def estimate(cfg, batch_size: int, seq_len: int) -> Estimate:
 
     # no attention mask: it is all ones here, and models inspect its values (which meta tensors do not have)
     batch = {k: None if k == "attention_mask" else v.to("meta")
-             for k, v in synthetic_batch(cfg, task, batch_size, seq_len).items()}
+             for k, v in synthetic_batch(built.cfg, built.task, batch_size, seq_len).items()}
     model.train()
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-        task.training_loss(model, batch)
+        built.task.training_loss(model, batch)
     trainable_bytes = _nbytes(trainable)
     return Estimate(weights=_nbytes(model.parameters()), buffers=_nbytes(model.buffers()),
                     gradients=trainable_bytes, optimizer=2 * trainable_bytes, activations=_nbytes(saved),

@@ -175,8 +175,8 @@ def _reinitialise_loaded_head(model: nn.Module, modules: list[str], loading: Map
     initialised = set(loading.get("missing_keys") or ()) | {k[0] for k in loading.get("mismatched_keys") or ()}
     names = [n for n, _ in model.named_parameters() if in_modules(n, modules)]
     loaded = [n for n in names if n not in initialised]
-    if not loaded or len(loaded) < len(names):  # the checkpoint lacks the classifier: it is new already, and
-        return                                  # a pretrained part (e.g. BERT's pooler) stays pretrained
+    if not names or len(loaded) < len(names):  # the checkpoint lacks (part of) the head: that part is new
+        return                                 # already, and a pretrained part (e.g. BERT's pooler) stays
     for name, module in model.named_modules():
         if name.rsplit(".", 1)[-1] in modules:
             for param in module.parameters():  # transformers skips tensors it marked as loaded

@@ -96,10 +96,8 @@ ESTIMATE_FIELDS = ["model", "method_label", "preset", "batch_size", "seq_len", "
 def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
     """``--estimate``: each chosen row's peak counted on the meta device, printed and written as CSV."""
     from framework.experiments import compose_row
-    from framework.memory import estimate
+    from framework.memory import build_on_meta, estimate_built
     from framework.method import row_label
-
-    from hydra.utils import instantiate
 
     extra = ["model.pretrained=null", *([f"model={args.on_model}"] if args.on_model else [])]
     rows = []
@@ -108,12 +106,12 @@ def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
     for index in chosen:
         cfg = compose_row(spec.rows[index], extra)
         try:
-            counted = estimate(cfg, protocol["batch_size"], protocol["seq_len"]).as_dict()
+            built = build_on_meta(cfg)
         except ValueError as err:  # e.g. a block size that does not fit the --on-model layers
             print(f"  {spec.rows[index].model} {spec.rows[index].label}: FAILED: {err}", file=sys.stderr)
             continue
-        row = {"model": cfg.model.name, "method_label": row_label(instantiate(cfg.method, _convert_="all"),
-                                                                   cfg.get("method_label")),
+        counted = estimate_built(built, protocol["batch_size"], protocol["seq_len"]).as_dict()
+        row = {"model": cfg.model.name, "method_label": row_label(built.method, cfg.get("method_label")),
                "preset": spec.rows[index].preset, "batch_size": protocol["batch_size"], "seq_len": protocol["seq_len"],
                "trainable": counted.pop("trainable"), **{f"{k}_gib": round(v / 2**30, 3) for k, v in counted.items()}}
         rows.append(row)

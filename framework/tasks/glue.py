@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from framework.fingerprint import tokenizer_fingerprint
+from framework.fingerprint import file_sha256, tokenizer_fingerprint
 from framework.models import position_limit
 from framework.tasks.base import HeadSpec, Task
 from framework.tasks.glue_data import (
@@ -53,14 +53,6 @@ _TOKENIZE_CHUNK = 2000
 
 def _is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class TokenizedSplit(torch.utils.data.Dataset):
@@ -180,8 +172,8 @@ class GlueTask(Task):
         if self.data_dir is not None:
             folder = resolve_task_folder(self.data_dir, self.spec)
             source = {"kind": "data_dir", "path": str(folder.resolve()),
-                      "train_sha256": _sha256_file(folder / "train.tsv"),
-                      "dev_sha256": _sha256_file(folder / "dev.tsv")}
+                      "train_sha256": file_sha256(folder / "train.tsv"),
+                      "dev_sha256": file_sha256(folder / "dev.tsv")}
             return source, None
         raw = self._raw if self._raw is not None else load_hub_splits(self.spec, self.hub_dataset)
         content = hashlib.sha256(

@@ -306,15 +306,17 @@ class InstructTask(Task):
                 return {"base": answers.math_correct(text, ref)}
             if scorer == "keyword":
                 return {"base": answers.keyword_correct(text, ref, batch["keywords"][i])}
-            if scorer == "humaneval":
-                def program(test: str) -> str:
-                    return sandbox.humaneval_program(ref["prompt"], text, test, ref["entry_point"])
-            elif scorer == "mbpp":
-                def program(test: str | list[str]) -> str:
-                    return sandbox.mbpp_program(text, test if isinstance(test, list) else [test], ref["setup"])
+            if scorer == "humaneval":  # a suite: the source of a check(candidate) function
+                def program(suite) -> str:
+                    return sandbox.humaneval_program(ref["prompt"], text, suite, ref["entry_point"])
+                base = ref["test"]
+            elif scorer == "mbpp":  # a suite: a list of statements run after the code
+                def program(suite) -> str:
+                    return sandbox.mbpp_program(text, suite, ref["setup"])
+                base = ref["tests"]
             else:
                 raise ValueError(f"scorer {scorer!r} cannot score a generation")
-            verdict = {"base": run(program(ref["test"] if scorer == "humaneval" else ref["tests"]))}
+            verdict = {"base": run(program(base))}
             if ref.get("plus_test") is not None:  # EvalPlus: the plus suite counts only where the base passes
                 verdict["plus"] = verdict["base"] and run(program(ref["plus_test"]))
             return verdict

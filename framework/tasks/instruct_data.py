@@ -163,7 +163,8 @@ def _mbpp(row: dict, where: str) -> Example:
                    + "\nReply with the code in one ```python code block.")
     setup = "\n".join([row.get("test_setup_code", "") or "", *row.get("test_imports", [])]).strip()
     return Example(instruction, f"```python\n{row['code']}\n```",
-                   {"task_id": row["task_id"], "tests": tests, "setup": setup, "plus_test": row.get("test")}, "mbpp")
+                   {"task_id": row["task_id"], "tests": tests, "setup": setup,
+                    "plus_test": [row["test"]] if row.get("test") else None}, "mbpp")  # MBPP+: the full suite
 
 
 def _keyword_example(instruction: str, answer: str, keywords: tuple[str, ...]) -> Example:
