@@ -13,6 +13,10 @@ for _var in ("HF_HUB_DISABLE_TELEMETRY", "TOKENIZERS_PARALLELISM"):
 # paths.root_dir: results, caches and Hydra's folders live under the directory run.py is started from
 os.environ.setdefault("C3A_ROOT", os.getcwd())
 
+from framework import threads  # noqa: E402 - before torch loads: OMP_WAIT_POLICY is read once, at load
+
+threads.configure()
+
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode

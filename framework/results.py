@@ -15,6 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from framework import threads
 from framework.io import atomic_write_text
 
 SCHEMA_VERSION = 2
@@ -151,4 +152,5 @@ def provenance() -> dict[str, Any]:
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
+        "threads": threads.record(),  # torch's thread count and OMP_WAIT_POLICY (framework/threads.py)
     }

@@ -20,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-# OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning. On a CPU shared with other jobs a
-# spinning thread burns the core its sibling is waiting for (measured on 2 loaded cores: a MiniLM step took
-# 3 s passive vs 13 s spinning; not measured on an idle machine, where waking a sleeping thread may cost a
-# little). OMP_WAIT_POLICY=ACTIVE in the environment wins. Set before torch loads.
 for _var, _value in (("HF_HUB_OFFLINE", "1"), ("HF_DATASETS_OFFLINE", "1"), ("WANDB_MODE", "offline"),
-                     ("TOKENIZERS_PARALLELISM", "false"), ("OMP_WAIT_POLICY", "PASSIVE")):
+                     ("TOKENIZERS_PARALLELISM", "false")):
     os.environ.setdefault(_var, _value)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# passive OpenMP waiting and threads that fit the CPUs this process may use, as run.py does (before torch loads)
+from framework import threads  # noqa: E402
+
+threads.configure()
 PRESETS = ("demo/head", "demo/lora", "demo/c3a")
 PAPER_TABLE, PAPER_MODEL_ROW, PAPER_SETTING_LABEL = "table2", "Base", "C3A b=6"  # results/paper/table2.yaml
 SST2_TRAIN_SIZE = 67_349  # GLUE SST-2 train.tsv rows: what the paper trains on
