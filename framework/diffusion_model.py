@@ -38,8 +38,10 @@ class DiffusionSpec:
     """What a task checks against (``model.config``): sizes that constrain images and prompts."""
 
     model_type: str
-    #: image side lengths must be multiples of this (the UNet pads odd latent sizes itself)
+    #: pixels per latent along a side (the VAE's down-sampling)
     vae_scale_factor: int
+    #: latents per UNet bottleneck cell along a side (each down block but the last halves the latents)
+    unet_downsample_factor: int
     latent_channels: int
     max_prompt_tokens: int
     prediction_type: str
@@ -63,6 +65,7 @@ class DiffusionModel(nn.Module):
                              f"valid: {list(PREDICTION_TYPES)}")
         self.config = DiffusionSpec(
             model_type="stable-diffusion", vae_scale_factor=2 ** (len(vae.config.block_out_channels) - 1),
+            unet_downsample_factor=2 ** (len(unet.config.down_block_types) - 1),
             latent_channels=int(vae.config.latent_channels),
             max_prompt_tokens=int(text_encoder.config.max_position_embeddings),
             prediction_type=prediction, num_train_timesteps=int(noise_scheduler.config.num_train_timesteps))

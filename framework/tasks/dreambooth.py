@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
@@ -40,6 +41,8 @@ from framework.tasks.dreambooth_data import (
 )
 
 SAMPLERS = ("dpm_solver", "ddim")
+#: diffusers' StableDiffusionPipeline refuses image sides not divisible by 8, whatever the model's factors
+SAMPLING_MULTIPLE = 8
 #: seed offsets of the fixed draws: val, test and sampling never share a seed
 VAL_SEEDS, TEST_SEEDS, CLASS_SEEDS = 10_000, 20_000, 30_000
 
@@ -147,10 +150,15 @@ class DreamBoothTask(Task):
         if not isinstance(model_config, DiffusionSpec):
             raise ValueError(f"task dreambooth needs a diffusion model (e.g. model=sd15, model=tiny-sd), "
                              f"got config {type(model_config).__name__}")
-        factor = model_config.vae_scale_factor
+        vae, unet = model_config.vae_scale_factor, model_config.unet_downsample_factor
+        factor = math.lcm(vae * unet, SAMPLING_MULTIPLE)
         if self.resolution % factor:
-            raise ValueError(f"task.resolution={self.resolution} is not a multiple of {factor} (the VAE's downscale "
-                             f"factor); e.g. {self.resolution // factor * factor or factor}")
+            below, above = self.resolution // factor * factor, (self.resolution // factor + 1) * factor
+            nearest = " or ".join(str(v) for v in (below, above) if v > 0)
+            raise ValueError(
+                f"task.resolution={self.resolution} is not a multiple of {factor}: the VAE downscales images by {vae} "
+                f"and the UNet its latents by {unet} more ({vae * unet} pixels a side per bottleneck cell), and "
+                f"diffusers' sampling pipeline takes sides divisible by {SAMPLING_MULTIPLE}; nearest valid: {nearest}")
 
     def check_data(self) -> None:
         """Decode every instance (and given class) image now: a bad file is bad input, not a failed run."""
