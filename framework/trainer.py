@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler
 
+from framework.checks import is_int, is_number
 from framework.io import atomic_write
 from framework.method import Adapted
 from framework.rng import rng_state, seed_everything, set_rng_state
@@ -38,14 +39,6 @@ DEVICES = ("auto", "cpu")
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed."""
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -74,24 +67,24 @@ class TrainerSettings:
 
     def __post_init__(self) -> None:
         problems = []
-        if not (_is_int(self.epochs) and self.epochs >= 0):
+        if not (is_int(self.epochs) and self.epochs >= 0):
             problems.append(f"trainer.epochs={self.epochs!r} must be an integer >= 0 (0: evaluate only, no training)")
         for key in ("batch_size", "eval_batch_size", "grad_accum_steps"):
             value = getattr(self, key)
-            if not (_is_int(value) and value >= 1):
+            if not (is_int(value) and value >= 1):
                 problems.append(f"trainer.{key}={value!r} must be an integer >= 1")
         for key in ("lr_adapter", "lr_head", "weight_decay"):
             value = getattr(self, key)
-            if not (_is_number(value) and math.isfinite(value) and value >= 0):
+            if not (is_number(value) and math.isfinite(value) and value >= 0):
                 problems.append(f"trainer.{key}={value!r} must be a finite number >= 0 "
                                 f"(a negative learning rate is gradient ascent)")
-        if not (_is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio <= 1.0):
+        if not (is_number(self.warmup_ratio) and 0.0 <= self.warmup_ratio <= 1.0):
             problems.append(f"trainer.warmup_ratio={self.warmup_ratio!r} must be in [0, 1] (a fraction of the steps)")
-        if self.max_grad_norm is not None and not (_is_number(self.max_grad_norm) and self.max_grad_norm > 0):
+        if self.max_grad_norm is not None and not (is_number(self.max_grad_norm) and self.max_grad_norm > 0):
             problems.append(f"trainer.max_grad_norm={self.max_grad_norm!r} must be > 0, or null for no clipping")
-        if self.max_steps_per_epoch is not None and not (_is_int(self.max_steps_per_epoch) and self.max_steps_per_epoch >= 1):
+        if self.max_steps_per_epoch is not None and not (is_int(self.max_steps_per_epoch) and self.max_steps_per_epoch >= 1):
             problems.append(f"trainer.max_steps_per_epoch={self.max_steps_per_epoch!r} must be null or an integer >= 1")
-        if not (_is_int(self.num_workers) and self.num_workers >= 0):
+        if not (is_int(self.num_workers) and self.num_workers >= 0):
             problems.append(f"trainer.num_workers={self.num_workers!r} must be an integer >= 0")
         for key, valid in (("scheduler", SCHEDULERS), ("mixed_precision", MIXED_PRECISION), ("device", DEVICES)):
             if getattr(self, key) not in valid:

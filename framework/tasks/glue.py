@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from framework.checks import is_int
 from framework.fingerprint import file_sha256, tokenizer_fingerprint
 from framework.models import position_limit
 from framework.tasks.base import HeadSpec, Task
@@ -49,10 +50,6 @@ DEFAULT_VAL_CAP = 1000
 DEFAULT_VAL_FRACTION = 0.1
 CACHE_FORMAT_VERSION = 1
 _TOKENIZE_CHUNK = 2000
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class TokenizedSplit(torch.utils.data.Dataset):
@@ -129,10 +126,10 @@ class GlueTask(Task):
             raise ValueError(f"unknown GLUE task name={self.name!r}; valid choices: {list(GLUE_TASKS)}")
         if self.split not in SPLIT_PROTOCOLS:
             raise ValueError(f"unknown split={self.split!r}; valid choices: {list(SPLIT_PROTOCOLS)}")
-        if not _is_int(self.split_seed):
+        if not is_int(self.split_seed):
             raise ValueError(f"split_seed={self.split_seed!r} must be an integer")
         val = self.val_size
-        if not (val is None or (_is_int(val) and val >= 1)
+        if not (val is None or (is_int(val) and val >= 1)
                 or (isinstance(val, float) and 0.0 < val < 1.0)):
             raise ValueError(
                 f"val_size={val!r} is invalid; use null (min({DEFAULT_VAL_CAP}, "
@@ -140,9 +137,9 @@ class GlueTask(Task):
             )
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
-            if value is not None and not (_is_int(value) and value >= 1):
+            if value is not None and not (is_int(value) and value >= 1):
                 raise ValueError(f"{key}={value!r} must be null or an integer >= 1")
-        if not (_is_int(self.max_length) and self.max_length >= 2):
+        if not (is_int(self.max_length) and self.max_length >= 2):
             raise ValueError(f"max_length={self.max_length!r} must be an integer >= 2")
         if self.data_dir is not None:
             resolve_task_folder(self.data_dir, GLUE_TASKS[self.name])

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from framework.checks import is_int
 from framework.tasks import image_data
 from framework.tasks.base import HeadSpec, Task
 
@@ -38,10 +39,6 @@ SPLIT_MODES = ("source", "pooled")
 AUGMENTATIONS = ("none", "flip_crop")
 SPLITS = ("train", "val", "test")
 CHANNEL_MODES = {3: "RGB", 1: "L"}
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def flip_crop(image, scale: tuple[float, float] = (0.8, 1.0), ratio: tuple[float, float] = (3 / 4, 4 / 3)):
@@ -154,17 +151,17 @@ class ImageClassificationTask(Task):
         if self.split == "pooled" and set(sizes) != set(SPLITS):
             raise ValueError(f"task.split=pooled needs task.sizes with train, val and test counts, got {self.sizes}")
         for key, value in sizes.items():
-            if key not in SPLITS or not (_is_int(value) and value >= 1):
+            if key not in SPLITS or not (is_int(value) and value >= 1):
                 raise ValueError(f"task.sizes.{key}={value!r}: sizes take the keys {list(SPLITS)} with counts >= 1")
         val = self.val_size
-        if not (val is None or (_is_int(val) and val >= 1) or (isinstance(val, float) and 0.0 < val < 1.0)):
+        if not (val is None or (is_int(val) and val >= 1) or (isinstance(val, float) and 0.0 < val < 1.0)):
             raise ValueError(f"task.val_size={val!r} is invalid; use null (task.sizes.val), an integer count "
                              f">= 1, or a fraction in (0, 1)")
-        if not _is_int(self.split_seed):
+        if not is_int(self.split_seed):
             raise ValueError(f"task.split_seed={self.split_seed!r} must be an integer")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
-            if value is not None and not (_is_int(value) and value >= 1):
+            if value is not None and not (is_int(value) and value >= 1):
                 raise ValueError(f"task.{key}={value!r} must be null or an integer >= 1")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError(f"task.classes has duplicates: {self.classes}")

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional
 import numpy as np
 import torch
 
+from framework.checks import is_int
 from framework.fingerprint import tokenizer_fingerprint
 from framework.models import position_limit
 from framework.tasks import answers
@@ -49,10 +50,6 @@ TEMPLATES: dict[str, Optional[tuple[str, str]]] = {
                   "reliable responses to user instructions.\n\n@@ Instruction\n{instruction}\n\n{input}\n\n@@ Response\n"),
     "chat": None,
 }
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 class InstructTask(Task):
@@ -88,14 +85,14 @@ class InstructTask(Task):
         if self.val_metric not in VAL_METRICS:
             raise ValueError(f"task.val_metric={self.val_metric!r} is not one of {list(VAL_METRICS)}")
         v = self.val_size
-        if not ((_is_int(v) and v >= 1) or (isinstance(v, float) and 0.0 < v < 1.0)):
+        if not ((is_int(v) and v >= 1) or (isinstance(v, float) and 0.0 < v < 1.0)):
             raise ValueError(f"task.val_size={v!r}: use a row count >= 1 or a fraction in (0, 1)")
         for key in ("max_train_samples", "max_eval_samples"):
             value = getattr(self, key)
-            if value is not None and not (_is_int(value) and value >= 1):
+            if value is not None and not (is_int(value) and value >= 1):
                 raise ValueError(f"task.{key}={value!r} must be null or an integer >= 1")
         for key in ("max_length", "max_new_tokens"):
-            if not (_is_int(getattr(self, key)) and getattr(self, key) >= 1):
+            if not (is_int(getattr(self, key)) and getattr(self, key) >= 1):
                 raise ValueError(f"task.{key}={getattr(self, key)!r} must be an integer >= 1")
         if not self.test_sources:
             raise ValueError("task.test names no test set: give {name: {format, path}} entries")
