@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Adapted, Head, Method, check_head, finish_adapted, freeze_all, head_parameters
+from framework.method import Head, Method, freeze_all, head_parameters
 
 
 def backbone_biases(model: nn.Module, head: Head) -> list[tuple[str, nn.Parameter]]:
@@ -20,21 +20,16 @@ def backbone_biases(model: nn.Module, head: Head) -> list[tuple[str, nn.Paramete
 class BitFitMethod(Method):
     name = "bitfit"
 
-    def __init__(self, name: str = "bitfit"):
-        self.name = name
-
-    def validate(self, model: nn.Module, head: Head) -> None:
-        check_head(model, head)
+    def check_model(self, model: nn.Module, head: Head) -> None:
         if not backbone_biases(model, head):
             raise ValueError(f"bitfit: {type(model).__name__} has no bias parameters outside the head "
                              f"{list(head.modules)} (e.g. LLaMA's linears and RMSNorms have none)")
 
-    def apply(self, model: nn.Module, head: Head) -> Adapted:
-        self.validate(model, head)
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
         freeze_all(model)
         for _, param in backbone_biases(model, head):
             param.requires_grad_(True)
-        return finish_adapted(model, head)
+        return model
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "BitFit"}

@@ -3,23 +3,16 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Adapted, Head, Method, check_head, finish_adapted
+from framework.method import Head, Method
 
 
 class FullMethod(Method):
     name = "full"
 
-    def __init__(self, name: str = "full"):
-        self.name = name
-
-    def validate(self, model: nn.Module, head: Head) -> None:
-        check_head(model, head)
-
-    def apply(self, model: nn.Module, head: Head) -> Adapted:
-        self.validate(model, head)
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
         for param in model.parameters():
             param.requires_grad_(True)
-        return finish_adapted(model, head)
+        return model
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "Full"}

@@ -12,7 +12,7 @@ from abc import abstractmethod
 
 from torch import nn
 
-from framework.method import Adapted, Head, Method, check_head, finish_adapted, linear_layer_names
+from framework.method import Adapted, Head, Method, in_modules, linear_layer_names
 
 
 def _as_targets(targets) -> str | list[str]:
@@ -38,16 +38,12 @@ class PeftMethod(Method):
     """A method built from a PEFT config; subclasses say which config and which hyperparameters."""
 
     def __init__(self, target_modules, name: str | None = None):
+        super().__init__(name)
         self.target_modules = _as_targets(target_modules)
-        if name is not None:  # configs set it; it names results and tables
-            self.name = name
 
     @abstractmethod
     def peft_config(self):
         """The PEFT config (without task_type) this method applies."""
-
-    def check_hyperparameters(self) -> None:
-        """Raise ValueError for hyperparameters that are wrong whatever the model."""
 
     def check_targets(self, model: nn.Module, targets: dict[str, nn.Linear]) -> None:
         """Raise ValueError for hyperparameters that do not fit the matched layers' shapes."""
@@ -73,9 +69,7 @@ class PeftMethod(Method):
                 found[name] = module
         return found
 
-    def validate(self, model: nn.Module, head: Head) -> None:
-        self.check_hyperparameters()
-        check_head(model, head)
+    def check_model(self, model: nn.Module, head: Head) -> None:
         matched = self.matched_modules(model)
         if not matched:
             raise ValueError(
@@ -85,19 +79,16 @@ class PeftMethod(Method):
         if not_linear:
             raise ValueError(f"{self.name}: target_modules {self.target_modules!r} match modules that are "
                              f"not nn.Linear: {not_linear}. Linear layers: {linear_layer_names(model)}")
-        heads = set(head.modules)
-        in_head = [name for name in matched if heads & set(name.split("."))]
+        in_head = [name for name in matched if in_modules(name, head.modules)]
         if in_head:
             raise ValueError(f"{self.name}: target_modules {self.target_modules!r} match layers inside the "
                              f"task head {list(head.modules)}: {in_head}; the head trains in full already")
         self.check_targets(model, matched)
 
-    def apply(self, model: nn.Module, head: Head) -> Adapted:
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
         from peft import get_peft_model
 
-        self.validate(model, head)
-        peft_model = get_peft_model(model, self.peft_config())
-        return finish_adapted(peft_model, head)
+        return get_peft_model(model, self.peft_config())
 
 
 class LoRAMethod(PeftMethod):

@@ -7,27 +7,22 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Adapted, Head, Method, check_head, freeze_all
+from framework.method import Head, Method, freeze_all
 
 
 class ZeroShotMethod(Method):
     name = "zero-shot"
     trains = False
 
-    def __init__(self, name: str = "zero-shot"):
-        self.name = name
-
-    def validate(self, model: nn.Module, head: Head) -> None:
-        check_head(model, head)
+    def check_model(self, model: nn.Module, head: Head) -> None:
         if head.trains:
             raise ValueError(f"method=zero_shot scores the model as it is, but this task trains a new head "
                              f"{list(head.modules)} whose weights would be random; zero-shot needs a task that "
                              f"keeps the model's own head (instruction tasks: sst2-instruct, math, code, ...)")
 
-    def apply(self, model: nn.Module, head: Head) -> Adapted:
-        self.validate(model, head)
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
         freeze_all(model)
-        return Adapted(model=model)
+        return model
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "Zero-shot"}

@@ -9,31 +9,29 @@ from torch import nn
 
 from c3a.adapter import add_c3a, c3a_layers, plan_c3a
 from c3a.config import C3AConfig
-from framework.method import Adapted, Head, Method, check_head, finish_adapted, freeze_all
+from framework.method import Head, Method, freeze_all
 
 
 class C3AMethod(Method):
     def __init__(self, name: str = "c3a", b: int | None = None, block_size: int | None = None,
                  target_modules=None, block_size_pattern=None, init_weights: str = "xavier_uniform",
                  scale_by_d_in: bool = True, adapter_name: str = "default") -> None:
-        self.name = name
+        super().__init__(name)
         self.adapter_name = adapter_name
         self.config = C3AConfig(target_modules=target_modules, b=b, block_size=block_size,
                                 block_size_pattern=dict(block_size_pattern or {}),
                                 init_weights=init_weights, scale_by_d_in=scale_by_d_in)
 
-    def validate(self, model: nn.Module, head: Head) -> None:
-        check_head(model, head)
+    def check_model(self, model: nn.Module, head: Head) -> None:
         plan_c3a(model, self.config, self.adapter_name, exclude_modules=head.modules)
 
-    def apply(self, model: nn.Module, head: Head) -> Adapted:
-        self.validate(model, head)
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
         add_c3a(model, self.config, self.adapter_name, exclude_modules=head.modules)
         freeze_all(model)
         for layer in c3a_layers(model).values():
             if self.adapter_name in layer.c3a_kernel:
                 layer.c3a_kernel[self.adapter_name].requires_grad_(True)
-        return finish_adapted(model, head)
+        return model
 
     def describe(self) -> dict:
         cfg = self.config

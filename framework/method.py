@@ -54,19 +54,43 @@ class Adapted:
 
 
 class Method(ABC):
-    """A parameter-efficient (or reference) fine-tuning method."""
+    """A parameter-efficient (or reference) fine-tuning method.
+
+    ``validate`` and ``apply`` are one sequence for every method (as PEFT's ``BaseTuner`` injects every
+    tuner): check the hyperparameters, the head and the model → ``adapt`` (add the method's parameters,
+    leave only them trainable) → give the head its gradients and split what trains. A method fills in
+    the hooks ``check_hyperparameters``, ``check_model`` and ``adapt``, never the sequence.
+    """
 
     #: short label used in result paths and tables, e.g. "c3a", "lora"
     name: str = "method"
     #: False for a method that only evaluates (zero-shot): it runs with ``trainer.epochs=0``
     trains: bool = True
 
+    def __init__(self, name: str | None = None):
+        if name is not None:  # configs set it; it names results and tables
+            self.name = name
+
+    def check_hyperparameters(self) -> None:
+        """Raise ``ValueError`` for hyperparameters that are wrong whatever the model."""
+
+    def check_model(self, model: nn.Module, head: Head) -> None:
+        """Raise ``ValueError`` for what does not fit this model (the head is checked already)."""
+
     def validate(self, model: nn.Module, head: Head) -> None:
         """Raise ``ValueError`` for anything that can be checked before training starts."""
+        self.check_hyperparameters()
+        check_head(model, head)
+        self.check_model(model, head)
 
     @abstractmethod
+    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
+        """Add the method's parameters (in place or by wrapping) and freeze all else; return the model."""
+
     def apply(self, model: nn.Module, head: Head) -> Adapted:
-        """Adapt ``model`` in place or wrap it; freeze all but the method's parameters (and a training head)."""
+        """Validate, adapt, then give the head its gradients (or take them away) and split what trains."""
+        self.validate(model, head)
+        return finish_adapted(self.adapt(model, head), head)
 
     def describe(self) -> dict:
         """The method's hyperparameters as plain data (recorded in results and table labels)."""

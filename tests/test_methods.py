@@ -326,3 +326,40 @@ def test_frozen_head_stays_frozen_and_outside_both_groups(name):
     for p in adapted.model.parameters():
         if id(p) in head_ids:
             assert p.grad is None and torch.equal(p, head_before[id(p)])
+
+
+def test_a_method_writes_only_its_hooks_and_the_base_runs_the_sequence():
+    """``Method.apply`` is one template (validate → adapt → head gradients and groups): a method that only
+    says which parameters it trains gets the hyperparameter check first, the head check, its own model
+    check, and a head that trains in its own group, without writing any of that sequence itself."""
+    from framework.method import Method, freeze_all
+
+    calls = []
+
+    class LastLayerNorm(Method):
+        name = "last-layer-norm"
+
+        def check_hyperparameters(self):
+            calls.append("hyperparameters")
+
+        def check_model(self, model, head):
+            calls.append("model")
+
+        def adapt(self, model, head):
+            calls.append("adapt")
+            freeze_all(model)
+            model.roberta.encoder.layer[-1].output.LayerNorm.weight.requires_grad_(True)
+            return model
+
+    method = LastLayerNorm(name="lln")
+    assert method.name == "lln" and LastLayerNorm().name == "last-layer-norm"
+    with pytest.raises(ValueError, match="match no module"):
+        method.apply(tiny_model(), Head(["no_such_head"]))
+    assert calls == ["hyperparameters"]  # the head check stops it before the model check and any change
+
+    calls.clear()
+    adapted = method.apply(tiny_model(), HEAD)
+    assert calls == ["hyperparameters", "model", "adapt"]
+    assert [n for n, _ in adapted.adapter] == ["roberta.encoder.layer.1.output.LayerNorm.weight"]
+    assert {n for n, _ in adapted.head} == {n for n, _ in adapted.model.named_parameters() if n.startswith("classifier.")}
+    assert all(p.requires_grad for _, p in adapted.head)
