@@ -12,12 +12,16 @@ from pathlib import Path
 
 from framework.experiments import Average, TableSpec, TaskColumn, show_ours
 from framework.io import atomic_write, atomic_write_text
+from framework.stats_render import (SAME_MD, SAME_TEX, not_distinguishable, paper_check, stats_frame,
+                                    stats_latex, stats_markdown)
 from framework.tables import Row, Table, build_tables, unplaced_failures
 
-MD_MARKS = {"short": "†", "mixed": "‡", "configs": "§", "partial": "*"}
-TEX_MARKS = {"short": r"\dagger", "mixed": r"\ddagger", "configs": r"\S", "partial": "*"}
+MD_MARKS = {"short": "†", "mixed": "‡", "configs": "§", "partial": "*", "same": SAME_MD, "outside": "°"}
+TEX_MARKS = {"short": r"\dagger", "mixed": r"\ddagger", "configs": r"\S", "partial": "*", "same": SAME_TEX,
+             "outside": r"\circ"}
 _TEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+                "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                "<": r"\textless{}", ">": r"\textgreater{}"}
 #: how a metric key reads in a caption (other keys are shown with spaces for underscores)
 METRIC_WORDS = {"matthews_correlation": "Matthews corr.", "pearson": "Pearson", "spearmanr": "Spearman",
                 "f1": "F1", "exact_match": "exact match"}
@@ -41,7 +45,8 @@ def header(spec: TableSpec) -> list[str]:
 def tex_escape(text: str) -> str:
     """Escape LaTeX's special characters in plain text (and spell out the few non-ASCII signs we emit)."""
     escaped = "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
-    return escaped.replace("±", r"$\pm$").replace("—", "--").replace("Δ", r"$\Delta$")
+    return (escaped.replace("±", r"$\pm$").replace("—", "--").replace("–", "--").replace("Δ", r"$\Delta$")
+            .replace("≈", rf"${SAME_TEX}$"))
 
 
 def _tex_marks(kinds) -> str:
@@ -49,9 +54,11 @@ def _tex_marks(kinds) -> str:
     return rf"$^{{{' '.join(TEX_MARKS[k] for k in kinds)}}}$" if kinds else ""
 
 
-def _cell_marks(cell) -> list[str]:
+def _cell_marks(table: Table, row: Row, task: str) -> list[str]:
+    cell = row.cells[task]
     return [k for k, on in (("short", cell.short), ("mixed", cell.mixed_provenance),
-                            ("configs", cell.mixed_configs)) if on]
+                            ("configs", cell.mixed_configs), ("same", not_distinguishable(table, row, task)),
+                            ("outside", paper_check(table, row, task).startswith("paper outside"))) if on]
 
 
 def _mean_std(mean: float, std: float | None, pm: str) -> str:
@@ -74,7 +81,7 @@ def _memory(row: Row) -> str:
 def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]:
     """(marker kind or None, plain-text note) for everything marked in ``table``."""
     spec = table.spec
-    short, mixed, configs, failed = [], [], [], []
+    short, mixed, configs, failed, same, outside = [], [], [], [], [], []
     partial: dict[str, list[str]] = {a.title: [] for a in spec.averages}
     for row in table.rows:
         name = f"{row.model_row} {row.label}"
@@ -89,6 +96,10 @@ def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]
                 configs.append(f"{where} ({len(cell.configs)} configs)")
             if cell.failed:
                 failed.append(f"{where} x{cell.failed}")
+            if not_distinguishable(table, row, task.name):
+                same.append(where)
+            if paper_check(table, row, task.name).startswith("paper outside"):
+                outside.append(where)
         for avg in spec.averages:
             if row.average_partial(avg):
                 partial[avg.title].append(f"{name} ({len(row.present(avg.tasks))}/{len(avg.tasks)} tasks)")
@@ -99,6 +110,12 @@ def table_notes(table: Table, unplaced: int = 0) -> list[tuple[str | None, str]]
         notes.append(("mixed", "runs from more than one git commit or package version: " + "; ".join(mixed)))
     if configs:
         notes.append(("configs", "runs of different configs pooled in one cell: " + "; ".join(configs)))
+    if same:
+        refs = "; ".join(f"{m}: {label}" for m, label in table.references.items())
+        notes.append(("same", f"not distinguishable from the reference row ({refs}): the 95% bootstrap CI of "
+                              "the difference includes 0 (statistics table below): " + "; ".join(same)))
+    if outside:
+        notes.append(("outside", "the paper's mean lies outside our 95% bootstrap CI: " + "; ".join(outside)))
     for title, rows in partial.items():
         if rows:
             notes.append(("partial", f"{title} over the present tasks only: " + "; ".join(rows)))
@@ -133,13 +150,16 @@ def caption(table: Table) -> str:
     return f"{text}; memory: {memory}."
 
 
-def _with_paper(text: str, ours: float | None, paper: float | None) -> str:
+def _with_paper(text: str, ours: float | None, paper: float | None, check: str = "") -> str:
     if paper is None:
         return text
-    return text + (f" (paper {paper:.2f})" if ours is None else f" (paper {paper:.2f}, Δ {ours - paper:+.2f})")
+    if ours is None:
+        return text + f" (paper {paper:.2f})"
+    return text + f" (paper {paper:.2f}, Δ {ours - paper:+.2f}" + (f"; {check})" if check else ")")
 
 
-def _md_row(row: Row, spec: TableSpec) -> list[str]:
+def _md_row(table: Table, row: Row) -> list[str]:
+    spec = table.spec
     cells = [row.model_row, row.label,
              _params(row) + (f" (paper {row.paper_params.show()})" if row.paper_params is not None else "")]
     if spec.memory:
@@ -149,14 +169,16 @@ def _md_row(row: Row, spec: TableSpec) -> list[str]:
         if isinstance(column, Average):
             ours = row.average(column)
             text = "—" if ours is None else f"{ours:.2f}" + (MD_MARKS["partial"] if row.average_partial(column) else "")
-            cells.append(text if ours is None else _with_paper(text, ours, row.paper_value(column.name)))
+            check = paper_check(table, row, column.name)
+            text += MD_MARKS["outside"] if check.startswith("paper outside") else ""
+            cells.append(text if ours is None else _with_paper(text, ours, row.paper_value(column.name), check))
             continue
         cell = row.cells[column.name]
         if cell.mean is None:
             cells.append(_with_paper("—", None, cell.paper_mean))
             continue
-        text = _mean_std(cell.mean, cell.std, "±") + "".join(MD_MARKS[k] for k in _cell_marks(cell))
-        cells.append(_with_paper(text, cell.mean, cell.paper_mean))
+        text = _mean_std(cell.mean, cell.std, "±") + "".join(MD_MARKS[k] for k in _cell_marks(table, row, column.name))
+        cells.append(_with_paper(text, cell.mean, cell.paper_mean, paper_check(table, row, column.name)))
     return cells
 
 
@@ -167,13 +189,14 @@ def render_markdown(tables: list[Table], unplaced: int = 0) -> str:
         cols = header(table.spec)
         out += [f"### {table.spec.title} — protocol: {table.protocol}", "", caption(table), "",
                 "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _md_row(row, table.spec)) + " |"
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _md_row(table, row)) + " |"
                 for row in table.rows]
         notes = table_notes(table, unplaced)
         if notes:
             out.append("")
             out += [f"- {MD_MARKS[k] + ' ' if k else ''}{text}" for k, text in notes]
         out.append("")
+        out += stats_markdown(table)
     return "\n".join(out)
 
 
@@ -181,7 +204,8 @@ def _tex_delta(ours: float | None, paper: float | None) -> str:
     return "" if ours is None or paper is None else rf" {{\scriptsize ({ours - paper:+.2f})}}"
 
 
-def _tex_row(row: Row, spec: TableSpec) -> list[str]:
+def _tex_row(table: Table, row: Row) -> list[str]:
+    spec = table.spec
     cells = [tex_escape(row.model_row), tex_escape(row.label), tex_escape(_params(row))]
     if spec.memory:
         cells.append(tex_escape(_memory(row)))
@@ -195,7 +219,7 @@ def _tex_row(row: Row, spec: TableSpec) -> list[str]:
         if cell.mean is None:
             cells.append("--")
             continue
-        text = _mean_std(cell.mean, cell.std, r"$\pm$") + _tex_marks(_cell_marks(cell))
+        text = _mean_std(cell.mean, cell.std, r"$\pm$") + _tex_marks(_cell_marks(table, row, column.name))
         cells.append(text + _tex_delta(cell.mean, cell.paper_mean))
     return cells
 
@@ -214,11 +238,12 @@ def render_latex(tables: list[Table], unplaced: int = 0) -> str:
             if previous is not None and row.model_row != previous:
                 out.append(r"\midrule")
             previous = row.model_row
-            out.append(" & ".join(_tex_row(row, table.spec)) + r" \\")
+            out.append(" & ".join(_tex_row(table, row)) + r" \\")
         out += [r"\bottomrule", r"\end{tabular}}"]
         for kind, text in table_notes(table, unplaced):
             out.append(r"\par\footnotesize " + (_tex_marks([kind]) + " " if kind else "") + tex_escape(text))
         out += [r"\end{table*}", ""]
+        out += stats_latex(table, tex_escape)
     return "\n".join(out)
 
 
@@ -236,7 +261,17 @@ def _paper_points(spec: TableSpec) -> list[tuple[str, float | None, float | None
 
 
 def plot_figure(tables: list[Table], path) -> None:
-    """The first average vs trainable parameters (log x) and vs memory; ours filled, the paper's hollow."""
+    """Write :func:`figure1` as a PNG."""
+    import matplotlib.pyplot as plt
+
+    fig = figure1(tables)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
+    plt.close(fig)
+
+
+def figure1(tables: list[Table]):
+    """The first average vs trainable parameters (log x) and vs memory; ours filled with the 95% stratified
+    bootstrap CI of the average as error bars (where there are enough seeds), the paper's hollow."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -255,9 +290,13 @@ def plot_figure(tables: list[Table], path) -> None:
                 continue
             style = dict(color=colors.get(row.model_row, "tab:green"), marker=markers[p_index % len(markers)])
             name = f"{row.model_row} {row.label}{suffix}" + (" *" if row.avg_partial else "")
+            ci = table.row_stats(row).aggregates[spec.averages[0].name].mean
+            yerr = [[row.avg - ci.low], [ci.high - row.avg]] if ci.has_ci else None
             for ax, x in ((ax_params, max(row.params) if row.params else None), (ax_mem, row.memory_gib)):
                 if x is not None:
                     ax.scatter(x, row.avg, **style)
+                    if yerr is not None:
+                        ax.errorbar(x, row.avg, yerr=yerr, color=style["color"], capsize=3, lw=1)
                     ax.annotate(name, (x, row.avg), fontsize=7, xytext=(3, 3), textcoords="offset points")
     for model_row, count, memory, avg in _paper_points(spec):
         style = dict(facecolors="none", edgecolors=colors.get(model_row, "grey"), alpha=0.6)
@@ -275,22 +314,22 @@ def plot_figure(tables: list[Table], path) -> None:
                      fontsize=8, loc="lower right")
     if not ax_mem.collections:
         ax_mem.text(0.5, 0.5, "no memory measurements", transform=ax_mem.transAxes, ha="center")
-    fig.suptitle("Average score vs parameters and memory (filled: ours; hollow: paper)")
+    fig.suptitle("Average score vs parameters and memory (filled: ours, bars: 95% CI over seeds; hollow: paper)")
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
-    plt.close(fig)
+    return fig
 
 
 def output_names(spec: TableSpec, plot: bool = True) -> list[str]:
     """The files :func:`write_table` writes for a spec."""
-    return [f"{spec.name}.md", f"{spec.name}.tex", f"{spec.name}_runs.csv",
+    return [f"{spec.name}.md", f"{spec.name}.tex", f"{spec.name}_runs.csv", f"{spec.name}_stats.csv",
             *([spec.figure] if plot and spec.figure else [])]
 
 
-def write_table(spec: TableSpec, results_dir, out_dir, protocol: str | None = None, plot: bool = True) -> str | None:
+def write_table(spec: TableSpec, results_dir, out_dir, protocol: str | None = None, plot: bool = True,
+                reference: str | None = None) -> str | None:
     """Write :func:`output_names` to ``out_dir``; the Markdown, or None when no completed run of the spec's
-    tasks exists (then nothing is written)."""
-    runs, tables = build_tables(results_dir, spec, protocol=protocol)
+    tasks exists (then nothing is written). ``reference``: the row the statistics compare to (default C3A)."""
+    runs, tables = build_tables(results_dir, spec, protocol=protocol, reference=reference)
     if not tables:
         return None
     unplaced = unplaced_failures(runs, tables, spec, protocol)
@@ -299,6 +338,7 @@ def write_table(spec: TableSpec, results_dir, out_dir, protocol: str | None = No
     atomic_write_text(out / f"{spec.name}.md", markdown)
     atomic_write_text(out / f"{spec.name}.tex", render_latex(tables, unplaced))
     atomic_write_text(out / f"{spec.name}_runs.csv", runs.to_csv(index=False))
+    atomic_write_text(out / f"{spec.name}_stats.csv", stats_frame(tables).to_csv(index=False))
     if plot and spec.figure:
         plot_figure(tables, out / spec.figure)
     return markdown

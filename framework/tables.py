@@ -20,6 +20,7 @@ import pandas as pd
 
 from framework.experiments import Average, ParamsFigure, TableSpec
 from framework.results import iter_results
+from framework.stats import RowStats, check_reference, choose_references, table_stats
 
 METHOD_NAMES = {"c3a": "C3A", "lora": "LoRA", "vera": "VeRA", "boft": "BOFT", "ia3": "(IA)3",
                 "bitfit": "BitFit", "full": "Full", "head": "Head"}
@@ -114,6 +115,7 @@ class Cell:
     """One (row, task) cell: the completed scores of its seeds and everything that qualifies them."""
 
     scores: list[float] = field(default_factory=list)
+    score_seeds: list = field(default_factory=list)  # the seed of each score, in the same order
     seeds: set = field(default_factory=set)  # seeds attempted (completed or failed)
     failed: int = 0
     expected: int | None = None
@@ -126,6 +128,11 @@ class Cell:
     @property
     def n(self) -> int:
         return len(self.scores)
+
+    @property
+    def by_seed(self) -> list[float]:
+        """The scores ordered by seed (what the statistics resample)."""
+        return [score for _, score in sorted(zip(self.score_seeds, self.scores), key=lambda p: p[0])]
 
     @property
     def mean(self) -> float | None:
@@ -204,6 +211,11 @@ class Table:
     rows: list[Row]
     failed: int = 0
     unscored: list[str] = field(default_factory=list)  # completed runs missing the table's metric
+    references: dict[str, str] = field(default_factory=dict)  # model row -> the label of its reference row
+    stats: dict[tuple[str, str], RowStats] = field(default_factory=dict)  # (model row, label) -> statistics
+
+    def row_stats(self, row: Row) -> RowStats | None:
+        return self.stats.get((row.model_row, row.label))
 
 
 def _clean(value):
@@ -218,10 +230,12 @@ def _new_row(spec: TableSpec, model: str, label: str) -> Row:
 
 
 def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
-              protocol: str | None = None) -> list[Table]:
+              protocol: str | None = None, reference: str | None = None) -> list[Table]:
     """Tables (one per protocol) of rows (model × method label) of cells (the spec's tasks), from
-    :func:`collect_runs`."""
+    :func:`collect_runs`, with their statistics against ``reference`` (default: each model's C3A row;
+    :mod:`framework.stats`)."""
     memory = memory or {}
+    check_reference(runs.loc[runs["task"].isin(spec.run_tasks), "method_label"], reference)
     runs = runs[runs["task"].isin(spec.run_tasks)]
     if protocol is not None:
         runs = runs[runs["protocol"].str.split(" ").str[0] == protocol]
@@ -247,6 +261,7 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
                 if rec["status"] != "completed" or _clean(rec["score"]) is None:
                     continue
                 cell.scores.append(float(rec["score"]))
+                cell.score_seeds.append(rec["seed"])
                 cell.commits.add(rec["git_commit"])
                 cell.versions.add(rec["versions"])
                 cell.configs.add(rec["config_hash"])
@@ -265,6 +280,8 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
             if any(c.n for c in row.cells.values()) or any(c.failed for c in row.cells.values()):
                 table.rows.append(row)
         table.rows.sort(key=lambda r: spec.row_rank(r.model_row, r.label))
+        table.references = choose_references(table.rows, reference)
+        table.stats = table_stats(table.rows, spec.task_names, spec.averages, table.references)
         tables.append(table)
     return tables
 
@@ -280,7 +297,7 @@ def unplaced_failures(runs: pd.DataFrame, tables: list[Table], spec: TableSpec, 
     return failed.loc[~failed["protocol"].isin(shown), "run_id"].nunique()
 
 
-def build_tables(results_dir, spec: TableSpec, protocol: str | None = None):
+def build_tables(results_dir, spec: TableSpec, protocol: str | None = None, reference: str | None = None):
     """(tidy runs frame, tables) of one spec for a results directory."""
     runs = collect_runs(results_dir, spec)
-    return runs, aggregate(runs, spec, load_memory(results_dir), protocol=protocol)
+    return runs, aggregate(runs, spec, load_memory(results_dir), protocol=protocol, reference=reference)

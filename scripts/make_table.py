@@ -13,6 +13,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from framework.experiments import SpecError, available, load_spec  # noqa: E402
+from framework.stats import StatsError  # noqa: E402
 from framework.table_render import output_names, write_table  # noqa: E402
 
 
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
     parser.add_argument("--results-dir", default="results", help="folder holding runs/ and memory/")
     parser.add_argument("--out-dir", default=None, help="where to write (default: <results-dir>/tables)")
     parser.add_argument("--protocol", default=None, help="only runs of this split protocol (holdout, dev_half, dev)")
+    parser.add_argument("--reference", default=None,
+                        help="the row the statistics compare every row to: a method label or its first word "
+                             "(default: each model's C3A row)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     args = parser.parse_args(argv)
     try:
@@ -36,7 +40,12 @@ def main(argv=None) -> int:
         return 2
     out_dir = args.out_dir or str(Path(args.results_dir) / "tables")
     for spec in specs:
-        markdown = write_table(spec, args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot)
+        try:
+            markdown = write_table(spec, args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot,
+                                   reference=args.reference)
+        except StatsError as err:
+            print(f"error: {spec.title}: {err}", file=sys.stderr)
+            return 2
         if markdown is None:
             which = f" with protocol {args.protocol}" if args.protocol else ""
             print(f"{spec.title}: no completed runs of its tasks found under {Path(args.results_dir) / 'runs'}"

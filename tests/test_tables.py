@@ -223,8 +223,11 @@ def test_markdown_well_formed(tmp_path):
         add_run(tmp_path, seed=seed)
         add_run(tmp_path, seed=seed, label="LoRA r=8", method="lora", params=294912)
     md = render_markdown([only_table(tmp_path)])
-    table_lines = [l for l in md.splitlines() if l.startswith("|")]
+    paper_part, stats_part = md.split("#### Table 2 — statistics (holdout)")
+    table_lines = [l for l in paper_part.splitlines() if l.startswith("|")]
     assert len(table_lines) == 2 + 2
+    stats_lines = [l for l in stats_part.splitlines() if l.startswith("|")]
+    assert len(stats_lines) == 2 + 2 and len({l.count("|") for l in stats_lines}) == 1
     assert len({l.count("|") - l.count("\\|") for l in table_lines}) == 1  # same column count everywhere
     assert table_lines[1].startswith("|---|---|---:")
     labels = [l.split("|")[2].strip() for l in table_lines[2:]]
@@ -237,8 +240,8 @@ def test_latex_well_formed_and_escaped(tmp_path):
     add_run(tmp_path, seed=0, task="mrpc", label="(IA)3", method="ia3", protocol="dev_half")
     _, tables = build_tables(tmp_path, SPEC)
     tex = render_latex(tables)
-    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 2
-    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 2
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 4  # 2 protocols x (paper, statistics)
+    assert tex.count(r"\toprule") == tex.count(r"\bottomrule") == 4
     body = tex.replace(r"\{", "").replace(r"\}", "")
     depth = 0
     for ch in body:
@@ -250,8 +253,9 @@ def test_latex_well_formed_and_escaped(tmp_path):
     assert tex.count("$") % 2 == 0
     spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", tex).group(1)
     assert spec == "ll" + "r" * 9
+    assert re.findall(r"\\begin\{tabular\}\{(\w+)\}", tex)[1] == "ll" + "r" * 7  # statistics: tasks + Avg
     for line in tex.splitlines():
-        if line.startswith(("Base", "Model")):
+        if line.startswith(("Base", "Model")) and "(CI)" not in line and "reference" not in line:
             assert len(re.findall(r"(?<!\\)&", line)) == len(spec) - 1
     assert tex_escape("a_b&c%d$e#f{g}h~i^j\\") == (r"a\_b\&c\%d\$e\#f\{g\}h\textasciitilde{}i"
                                                     r"\textasciicircum{}j\textbackslash{}")
