@@ -181,8 +181,32 @@ def test_label_outside_the_class_list(tmp_path):
     table.mkdir()
     (table / "train.csv").write_text((CSV_DIR / "train.csv").read_text().replace("../", f"{IMAGES}/"))
     (table / "test.csv").write_text(f"path,label\n{FOLDER}/test/red/0.png,red\n{FOLDER}/test/red/1.png,crimson\n")
-    with pytest.raises(ValueError, match=rf"{table / 'test.csv'} line 3: label 'crimson' is not in the class list"):
+    with pytest.raises(ValueError, match=rf"{table / 'test.csv'}, line 3: label 'crimson' is not in the class list"):
         make_task(tmp_path, source="csv", data_dir=str(table)).check_data()
+
+
+def test_one_class_is_an_input_error_naming_the_folder_and_the_class(tmp_path, monkeypatch):
+    """With one class every prediction is right: the run would report accuracy 1.0 and mean nothing."""
+    import framework.trainer as trainer
+    from framework.pipeline import InputError, run
+
+    root = copy_folder(tmp_path)
+    for split in ("train", "test"):
+        for other in ("blue", "green"):
+            shutil.rmtree(root / split / other)
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    with pytest.raises(InputError, match=rf"{root / 'train'}: one class found: \['red'\]; a classification task needs "
+                                         r"at least two"):
+        run(compose_cfg(run_overrides("method=lora", f"task.data_dir={root}"), tmp_path))
+    assert not (tmp_path / "results").exists()
+    table = tmp_path / "table"
+    table.mkdir()
+    for split in ("train", "test"):
+        (table / f"{split}.csv").write_text(f"path,label\n{root}/{split}/red/0.png,red\n{root}/{split}/red/1.png,red\n")
+    with pytest.raises(ValueError, match=rf"{table / 'train.csv'}: one class found: \['red'\]"):
+        make_task(tmp_path, source="csv", data_dir=str(table)).check_data()
+    with pytest.raises(ValueError, match=r"task.classes: one class found: \['red'\]"):
+        make_task(tmp_path, classes=["red"])
 
 
 def test_bad_options_name_the_valid_choices(tmp_path):

@@ -274,7 +274,7 @@ def test_malformed_rows_name_the_file_and_keys(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"question": "q"}) + "\n")
     task = math_task(train={"format": "gsm8k", "path": str(bad)})
-    with pytest.raises(ValueError, match=r"bad.jsonl, row 0.*missing \['answer'\]"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1.*missing \['answer'\]"):
         task.check_data()
 
 

@@ -8,6 +8,7 @@ Labels follow the Hub's ``nyu-mll/glue`` encoding (QNLI/RTE: entailment=0, not_e
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from framework import hub
+from framework.tasks.rows import at_line, read_text
 
 NLI_LABELS = {"entailment": 0, "not_entailment": 1}
 
@@ -110,11 +112,13 @@ def read_glue_tsv(path: Path, spec: GlueTaskSpec) -> RawSplit:
     layout = spec.tsv
     texts: tuple[list[str], ...] = tuple([] for _ in layout.text_columns)
     labels: list = []
-    # utf-8-sig drops MRPC's byte-order mark; QUOTE_NONE keeps stray double quotes as text.
-    with open(path, encoding="utf-8-sig", newline="") as handle:
+    # read_text drops MRPC's byte-order mark; QUOTE_NONE keeps stray double quotes as text.
+    if not path.is_file():
+        raise FileNotFoundError(f"GLUE {spec.folder} file {path} does not exist")
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE)
         for row in reader:
-            where = f"{path}, line {reader.line_num}"
+            where = at_line(path, reader.line_num)
             if not row:  # blank line: no example on it
                 continue
             if layout.header is not None and reader.line_num == 1:

@@ -165,6 +165,8 @@ class ImageClassificationTask(Task):
                 raise ValueError(f"task.{key}={value!r} must be null or an integer >= 1")
         if self.classes is not None and len(set(self.classes)) != len(self.classes):
             raise ValueError(f"task.classes has duplicates: {self.classes}")
+        if self.classes is not None:
+            image_data.require_two_classes(self.classes, "task.classes")
 
     def check_data(self) -> None:
         """List every image and decode each once (cached), so bad files fail before any compute."""
@@ -224,7 +226,9 @@ class ImageClassificationTask(Task):
                                         f"task.split=pooled any of them), found {sorted(p.name for p in files.values())}")
             # the training labels define the classes (all labels when every file is pooled without a train.csv)
             listed = [files["train"]] if "train" in files else list(files.values())
-            names = self.classes or sorted({label for path in listed for label in image_data.csv_labels(path)})
+            names = self.classes or image_data.require_two_classes(
+                sorted({label for path in listed for label in image_data.csv_labels(path)}),
+                " and ".join(str(path) for path in listed))
             return {s: image_data.read_csv(path, names, f"{s}.csv") for s, path in files.items()}, names
         folders = {s: root / s for s in SPLITS if (root / s).is_dir()}
         if not folders:
@@ -236,7 +240,8 @@ class ImageClassificationTask(Task):
         elif self.split == "source" and not {"train", "test"} <= set(folders):
             raise FileNotFoundError(f"{root} needs both train/ and test/ folders (val/ optional), "
                                     f"found {sorted(folders)}")
-        names = self.classes or image_data.class_folders(folders.get("train", folders.get("all", root)))
+        class_root = folders.get("train", folders.get("all", root))
+        names = self.classes or image_data.require_two_classes(image_data.class_folders(class_root), str(class_root))
         parts, skipped = {}, 0
         for split_name, folder in folders.items():
             parts[split_name], count = image_data.read_class_folders(folder, names, f"{split_name}/")

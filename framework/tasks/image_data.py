@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 from abc import ABC, abstractmethod
@@ -27,6 +28,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from framework import hub
+from framework.tasks.rows import at_line, check_items, check_row, read_text
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CHECK_FORMAT_VERSION = 1
@@ -133,7 +135,7 @@ class HubImages(ImageSource):
         self.dataset, self.image_column = dataset, image_column
 
     def where(self, index: int) -> str:
-        return f"{self.name} row {index}"
+        return f"{self.name} row {index + 1}"
 
     def _open(self, index: int):
         return self.dataset[int(index)][self.image_column]
@@ -169,6 +171,14 @@ class PooledImages(ImageSource):
 
     def fingerprint(self) -> str:
         return hashlib.sha256("".join(s.fingerprint() for s in self.sources).encode()).hexdigest()
+
+
+def require_two_classes(names: Sequence[str], origin: str) -> list[str]:
+    """The class names, when there are at least two: with one, every prediction is right and accuracy says 1.0."""
+    if len(names) < 2:
+        raise ValueError(f"{origin}: one class found: {list(names)}; a classification task needs at least two "
+                         f"(e.g. one folder per class: <data>/train/cat/, <data>/train/dog/)")
+    return list(names)
 
 
 def _label_error(label, where: str, classes: Sequence[str]) -> ValueError:
@@ -211,16 +221,24 @@ def csv_labels(path: Path) -> list[str]:
     return [row[1] for row in _csv_rows(path)]
 
 
-def _csv_rows(path: Path) -> list[tuple[str, str, int]]:
+def _csv_rows(path: Path) -> list[tuple[str, str, str]]:
+    """``(image path, label, where)`` per row; ``where`` is ``<file>, line N``."""
     if not path.is_file():
         raise FileNotFoundError(f"CSV file {path} does not exist")
-    with open(path, newline="", encoding="utf-8") as handle:
+    with io.StringIO(read_text(path), newline="") as handle:
         reader = csv.DictReader(handle)
         missing = {"path", "label"} - set(reader.fieldnames or [])
         if missing:
             raise ValueError(f"{path}: the header must name the columns 'path' and 'label' "
                              f"(found {reader.fieldnames}); missing {sorted(missing)}")
-        rows = [(row["path"], row["label"], line) for line, row in enumerate(reader, start=2)]
+        rows = []
+        for row in reader:  # a short row has None for its missing columns: check_row names them
+            where = at_line(path, reader.line_num)
+            check_row(row, {"path": str, "label": str}, where, "path,label CSV")
+            if not row["path"].strip() or not row["label"].strip():
+                raise ValueError(f"{where}: empty {'path' if not row['path'].strip() else 'label'}; every row "
+                                 f"names an image file and its class")
+            rows.append((row["path"], row["label"], where))
     if not rows:
         raise ValueError(f"{path} has a header but no rows")
     return rows
@@ -230,12 +248,12 @@ def read_csv(path: Path, classes: Sequence[str], name: str) -> FileImages:
     """Images listed in a ``path,label`` CSV; relative paths are taken from the CSV's folder."""
     index = {c: i for i, c in enumerate(classes)}
     paths, labels = [], []
-    for image_path, label, line in _csv_rows(path):
+    for image_path, label, where in _csv_rows(path):
         if label not in index:
-            raise _label_error(label, f"{path} line {line}", classes)
+            raise _label_error(label, where, classes)
         full = (path.parent / image_path) if not os.path.isabs(image_path) else Path(image_path)
         if not full.is_file():
-            raise FileNotFoundError(f"{path} line {line}: image {full} does not exist")
+            raise FileNotFoundError(f"{where}: image {full} does not exist")
         paths.append(full)
         labels.append(index[label])
     return FileImages(paths, labels, name)
@@ -271,20 +289,23 @@ def load_hub(dataset_id: str, config: Optional[str], splits: dict[str, str], ima
                              f"task.label_column); its columns are {part.column_names}")
         feature = part.features[label_column]
         raw = list(part[label_column])
+        check_items(raw, (int, str), f"{label} split {theirs!r}", f"column {label_column!r}")
         integers = hasattr(feature, "names") or all(isinstance(v, (int, np.integer)) for v in raw)
         if names is None:  # ClassLabel names; else ids 0..max; else the sorted label strings
-            names = (list(feature.names) if hasattr(feature, "names")
-                     else [str(i) for i in range(max(raw) + 1)] if integers else sorted({str(v) for v in raw}))
+            names = require_two_classes(
+                list(feature.names) if hasattr(feature, "names")
+                else [str(i) for i in range(max(raw) + 1)] if integers else sorted({str(v) for v in raw}),
+                f"{label} split {theirs!r} column {label_column!r}")
         if integers:
             labels = [int(v) for v in raw]
             bad = next((i for i, v in enumerate(labels) if not 0 <= v < len(names)), None)
             if bad is not None:
-                raise _label_error(labels[bad], f"{label} split {theirs!r} row {bad}", names)
+                raise _label_error(labels[bad], f"{label} split {theirs!r} row {bad + 1}", names)
         else:
             lookup = {c: i for i, c in enumerate(names)}
             bad = next((i for i, v in enumerate(raw) if str(v) not in lookup), None)
             if bad is not None:
-                raise _label_error(raw[bad], f"{label} split {theirs!r} row {bad}", names)
+                raise _label_error(raw[bad], f"{label} split {theirs!r} row {bad + 1}", names)
             labels = [lookup[str(v)] for v in raw]
         out[ours] = HubImages(part, image_column, labels, f"{label}:{theirs}")
     return out, list(names or [])

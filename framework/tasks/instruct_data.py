@@ -24,7 +24,6 @@ Formats (row keys):
 """
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import json
 import re
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from framework.tasks import answers
+from framework.tasks.rows import at_line, check_items, check_row, read_text
 
 SCORERS = ("gsm8k", "math", "keyword", "humaneval", "mbpp", "none")
 
@@ -63,45 +63,85 @@ def resolve_data_path(path: str) -> Path:
     return Path(list(spec.submodule_search_locations)[0]) / relative
 
 
-def read_records(path: Path) -> list[dict]:
-    """Rows of a JSON list, a JSONL file (``.gz`` too) or a folder of TOML files (sorted by name)."""
+def read_records(path: Path) -> list[tuple[str, Any]]:
+    """``(where, row)`` for each row of a JSON list, a JSONL file (``.gz`` too) or a folder of TOML files (sorted
+    by name, one row each); ``where`` is ``<file>, line N`` (for a TOML row: its file). Rows are not checked here."""
     if path.is_dir():
         files = sorted(path.glob("*.toml"))
         if not files:
             raise ValueError(f"{path}: a data folder must hold *.toml files (one problem each); found none")
-        return [tomllib.loads(f.read_text(encoding="utf-8")) for f in files]
+        return [(str(f), _toml(f)) for f in files]
     if not path.is_file():
         raise FileNotFoundError(f"data file {path} does not exist")
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as handle:
-        text = handle.read()
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        rows = json.loads(text)
-    else:
-        rows = []
-        for number, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise ValueError(f"{path}, line {number}: not JSON ({err.msg}); expected one object "
-                                     f"per line (JSONL) or a JSON list") from None
+    text = read_text(path)
+    rows = _json_list(text, path) if text.lstrip().startswith("[") else _json_lines(text, path)
     if not rows:
         raise ValueError(f"{path}: no rows")
     return rows
 
 
-def _require(row: dict, keys: tuple[str, ...], where: str, fmt: str) -> None:
-    missing = [k for k in keys if k not in row]
-    if missing:
-        raise ValueError(f"{where}: a {fmt!r} row needs keys {list(keys)}; missing {missing} "
-                         f"(row keys: {sorted(row)})")
+def _toml(path: Path) -> dict:
+    try:
+        return tomllib.loads(read_text(path))
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: not valid TOML ({err})") from None
+
+
+def _json_lines(text: str, path: Path) -> list[tuple[str, Any]]:
+    rows = []
+    for number, line in enumerate(text.split("\n"), 1):  # not splitlines(): U+2028 may stand inside a string
+        if line.strip():
+            try:
+                rows.append((at_line(path, number), json.loads(line)))
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{at_line(path, number)}: not JSON ({err.msg}, column {err.colno}); expected one "
+                                 f"object per line (JSONL) or a JSON list") from None
+    return rows
+
+
+_SPACE = re.compile(r"[ \t\n\r]*")
+
+
+def _json_list(text: str, path: Path) -> list[tuple[str, Any]]:
+    """The elements of a JSON list, each with the line it starts on."""
+    decoder, rows, line, counted = json.JSONDecoder(), [], 1, 0
+    try:
+        position = _SPACE.match(text, text.index("[") + 1).end()
+        if text.startswith("]", position):
+            position += 1
+        else:
+            while True:
+                line, counted = line + text.count("\n", counted, position), position
+                value, position = decoder.raw_decode(text, position)
+                rows.append((at_line(path, line), value))
+                position = _SPACE.match(text, position).end()
+                if text.startswith("]", position):
+                    position += 1
+                    break
+                if not text.startswith(",", position):
+                    raise json.JSONDecodeError("Expecting ',' delimiter", text, position)
+                position = _SPACE.match(text, position + 1).end()
+        if _SPACE.match(text, position).end() != len(text):
+            raise json.JSONDecodeError("Extra data", text, position)
+    except json.JSONDecodeError as err:
+        ended = (" (the file ends early: truncated?)"
+                 if err.pos >= len(text.rstrip()) or err.msg.startswith("Unterminated string") else "")
+        raise ValueError(f"{at_line(path, err.lineno)}: not valid JSON ({err.msg}, column {err.colno}){ended}; "
+                         f"expected a JSON list of objects or one object per line (JSONL)") from None
+    return rows
+
+
+def _from_text(read: Callable[[Any], Any], text: str, where: str):
+    """``read(text)`` (a gold answer's extractor) with its error placed at ``where``."""
+    try:
+        return read(text)
+    except ValueError as err:
+        raise ValueError(f"{where}: {err}") from None
 
 
 # ------------------------------------------------------------------------------- per-format rows
 def _metamathqa(row: dict, where: str) -> Example:
-    _require(row, ("query", "response"), where, "metamathqa")
+    check_row(row, {"query": str, "response": str}, where, "'metamathqa'")
     gold = answers.after_answer_phrase(row["response"])
     if gold is None:
         raise ValueError(f"{where}: a MetaMathQA response must end with 'The answer is: ...'")
@@ -109,8 +149,10 @@ def _metamathqa(row: dict, where: str) -> Example:
 
 
 def _gsm8k(row: dict, where: str) -> Example:
-    _require(row, ("question", "answer"), where, "gsm8k")
-    gold = answers.gsm8k_gold(row["answer"])
+    check_row(row, {"question": str, "answer": str}, where, "'gsm8k'")
+    gold = _from_text(answers.gsm8k_gold, row["answer"], where)
+    if answers.parse_number(gold) is None:
+        raise ValueError(f"{where}: the GSM8K answer after '####' must be a number; got {gold!r}")
     # the solution in MetaMath's style: calculator annotations out, "The answer is" at the end
     steps = row["answer"].rsplit("####", 1)[0].strip()
     steps = re.sub(r"<<[^>]*>>", "", steps)
@@ -118,23 +160,20 @@ def _gsm8k(row: dict, where: str) -> Example:
 
 
 def _math(row: dict, where: str) -> Example:
-    _require(row, ("problem", "solution"), where, "math")
-    gold = answers.math_gold(row["solution"])
+    check_row(row, {"problem": str, "solution": str}, where, "'math'")
+    gold = _from_text(answers.math_gold, row["solution"], where)
     return Example(row["problem"], f"{row['solution']}\nThe answer is: {gold}", gold, "math")
 
 
 def _commonsense(row: dict, where: str) -> Example:
-    _require(row, ("instruction", "output", "answer"), where, "commonsense")
-    try:
-        keywords = answers.keyword_family(row["answer"])
-    except ValueError as err:
-        raise ValueError(f"{where}: {err}") from None
+    check_row(row, {"instruction": str, "output": str, "answer": str}, where, "'commonsense'", optional={"input": str})
+    keywords = _from_text(answers.keyword_family, row["answer"], where)
     return Example(row["instruction"], row["output"], row["answer"].strip().lower(), "keyword",
                    input=row.get("input") or "", keywords=keywords)
 
 
 def _magicoder(row: dict, where: str) -> Example:
-    _require(row, ("instruction", "response"), where, "magicoder")
+    check_row(row, {"instruction": str, "response": str}, where, "'magicoder'")
     return Example(row["instruction"], row["response"], None, "none")
 
 
@@ -145,7 +184,8 @@ def _check_function(test: str, where: str) -> None:
 
 
 def _humaneval(row: dict, where: str) -> Example:
-    _require(row, ("task_id", "prompt", "test", "entry_point"), where, "humaneval")
+    check_row(row, {"task_id": (str, int), "prompt": str, "test": str, "entry_point": str}, where, "'humaneval'",
+              optional={"canonical_solution": str})
     _check_function(row["test"], where)
     instruction = ("Complete the following Python function. Reply with the whole function in one "
                    f"```python code block.\n```python\n{row['prompt']}```")
@@ -156,8 +196,14 @@ def _humaneval(row: dict, where: str) -> Example:
 
 
 def _mbpp(row: dict, where: str) -> Example:
-    text_key = "text" if "text" in row else "prompt"
-    _require(row, ("task_id", text_key, "code", "test_list"), where, "mbpp")
+    text_key = "text" if isinstance(row, dict) and "text" in row else "prompt"
+    check_row(row, {"task_id": (str, int), text_key: str, "code": str, "test_list": list}, where, "'mbpp'",
+              optional={"test_setup_code": str, "test_imports": list, "test": str})
+    check_items(row["test_list"], str, where, "test_list")
+    if not [t for t in row["test_list"] if t.strip()]:  # no test: every program would pass
+        raise ValueError(f"{where}: an 'mbpp' row needs at least one assert statement in test_list; got "
+                         f"{row['test_list']!r}")
+    check_items(row.get("test_imports") or [], str, where, "test_imports")
     tests = list(row["test_list"])
     instruction = (f"{row[text_key]}\nYour code should pass these tests:\n" + "\n".join(tests)
                    + "\nReply with the code in one ```python code block.")
@@ -245,12 +291,13 @@ def _check_location(source: dict, where: str, base_dir: Optional[str]) -> None:
             raise FileNotFoundError(f"{where}: {path} does not exist")
 
 
-def _raw_rows(source: dict, base_dir: Optional[str]) -> tuple[list[dict], str]:
+def _raw_rows(source: dict, base_dir: Optional[str]) -> tuple[list[tuple[str, Any]], str]:
+    """``(where, row)`` pairs (``where``: ``<file>, line N``, or ``hub <id>, row N`` from 1) and the origin."""
     if source.get("hub") is not None:
         from datasets import load_dataset
 
-        rows = list(load_dataset(source["hub"], source.get("hub_config"), split=source.get("hub_split", "train")))
-        return rows, f"hub {source['hub']}"
+        rows = load_dataset(source["hub"], source.get("hub_config"), split=source.get("hub_split", "train"))
+        return [(f"hub {source['hub']}, row {number}", row) for number, row in enumerate(rows, 1)], f"hub {source['hub']}"
     path = source_path(source, base_dir)
     return read_records(path), str(path)
 
@@ -259,9 +306,9 @@ def _join_plus_tests(examples: list[Example], plus: dict, where: str, base_dir: 
     """Give every HumanEval problem its HumanEval+ test suite (joined by task_id): one generation, two verdicts."""
     rows, origin = _raw_rows(plus, base_dir)
     tests = {}
-    for i, row in enumerate(rows):
-        _require(row, ("task_id", "test"), f"{origin}, row {i}", "humaneval plus")
-        _check_function(row["test"], f"{origin}, row {i}")
+    for where, row in rows:
+        check_row(row, {"task_id": (str, int), "test": str}, where, "'humaneval plus'")
+        _check_function(row["test"], where)
         tests[row["task_id"]] = row["test"]
     missing = [e.reference["task_id"] for e in examples if e.reference["task_id"] not in tests]
     if missing:
@@ -276,8 +323,8 @@ def read_source(source: dict, where: str, base_dir: Optional[str] = None) -> lis
     spec = FORMATS[source["format"]]
     if spec.glue_task is not None:
         return _glue_rows(source_path(source, base_dir), spec.glue_task)
-    rows, origin = _raw_rows(source, base_dir)
-    examples = [spec.row(row, f"{origin}, row {i}") for i, row in enumerate(rows)]
+    rows, _ = _raw_rows(source, base_dir)
+    examples = [spec.row(row, where) for where, row in rows]
     if source.get("plus") is not None:
         examples = _join_plus_tests(examples, dict(source["plus"]), where, base_dir)
     return examples
