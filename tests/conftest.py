@@ -34,6 +34,18 @@ def tiny_overrides(task: str = "sst2", method: str = "c3a") -> list[str]:
     ]
 
 
+def run_in(root: Path, overrides: list[str]):
+    """One run as run.py makes it (``framework.pipeline.run``), with ``root`` as paths.root_dir."""
+    from framework.pipeline import run
+
+    return run(compose_cfg(overrides, root))
+
+
+def result_files(root: Path, results_dir: str = "results") -> list[Path]:
+    """The run results written under ``root`` (``<results_dir>/runs/**/*.json``), sorted."""
+    return sorted((root / results_dir / "runs").rglob("*.json"))
+
+
 @pytest.fixture
 def compose(tmp_path):
     def _compose(overrides: list[str]):

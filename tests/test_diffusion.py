@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import compose_cfg
+from conftest import compose_cfg, result_files
 
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
@@ -47,10 +47,6 @@ def _overrides(instance_dir: Path, method: str = "c3a", *extra: str) -> list[str
     if method == "c3a":  # the default b=6 divides no tiny layer; 16 divides all of them
         base += ["method.b=null", "method.block_size=16"]
     return base + list(extra)
-
-
-def _results(root: Path) -> list[Path]:
-    return sorted((root / "results" / "runs").rglob("*.json"))
 
 
 def _model_entry(tmp_path: Path, name: str = "tiny-sd") -> dict:
@@ -257,7 +253,7 @@ def test_tiny_pipeline_trains_only_the_adapter_and_writes_samples(tmp_path, monk
         assert grid.format == "PNG" and grid.width == 2 * 128 + 2  # two seeds, 32 px tiles shown at 128 px, 2 px apart
     info = json.loads(Path(result.artifacts["samples_info"]).read_text())
     assert info["seeds"] == [0, 1] and "random weights" in info["caption"] and "skipped" in info["clip"]
-    data = json.loads(_results(tmp_path)[0].read_text())
+    data = json.loads(result_files(tmp_path)[0].read_text())
     assert data["artifacts"]["samples"] == str(samples) and "skipped" in data["task_details"]["clip_scores"]
     if tracker:
         assert list((tmp_path / "wb").rglob("media/images/samples_*.png"))
@@ -332,7 +328,7 @@ def test_bad_input_fails_before_compute_without_a_result(tmp_path, monkeypatch, 
     monkeypatch.setattr(trainer, "fit", lambda *a, **k: pytest.fail("training started"))
     with pytest.raises(InputError, match=message):
         run(compose_cfg(_overrides(folder, "c3a", *extra), tmp_path))
-    assert not _results(tmp_path)
+    assert not result_files(tmp_path)
 
 
 @pytest.mark.parametrize("method", ["vera", "boft", "ia3", "bitfit", "full"])
@@ -367,7 +363,7 @@ def test_head_only_is_refused_before_compute(tmp_path):
 
     with pytest.raises(InputError, match="trains nothing"):
         run(compose_cfg(_overrides(_make_images(tmp_path / "subject"), "head"), tmp_path))
-    assert not _results(tmp_path)
+    assert not result_files(tmp_path)
 
 
 def test_resolution_factor_is_the_vae_times_the_unet_down_sampling(tmp_path):

@@ -10,19 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, TEST_GLUE, compose_cfg, tiny_overrides
+from conftest import ROOT, TEST_GLUE, compose_cfg, result_files, run_in, tiny_overrides
 
 METHODS = ["c3a", "lora", "vera", "boft", "ia3", "bitfit", "full", "head"]
-
-
-def _results(root: Path) -> list[Path]:
-    return sorted((root / "results" / "runs").rglob("*.json"))
-
-
-def _run(tmp_path: Path, overrides: list[str]):
-    from framework.pipeline import run
-
-    return run(compose_cfg(overrides, tmp_path))
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -30,8 +20,8 @@ def test_each_method_trains_and_writes_a_valid_result(tmp_path, method):
     overrides = tiny_overrides("sst2", method) + ["trainer.epochs=1"]
     if method == "vera":
         overrides.append("method.r=16")
-    result = _run(tmp_path, overrides)
-    [path] = _results(tmp_path)
+    result = run_in(tmp_path, overrides)
+    [path] = result_files(tmp_path)
     data = json.loads(path.read_text())
     assert data["status"] == "completed" and data["method"] == method and data["seed"] == 0
     assert data["run_id"] == result.run_id and path.name == "seed0.json"
@@ -80,7 +70,7 @@ def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, 
 
     monkeypatch.setattr(Accelerator, "prepare", prepare)
     monkeypatch.setattr(train, "evaluate", scripted_evaluate)
-    result = _run(tmp_path, tiny_overrides("sst2", "c3a") + ["trainer.epochs=3",
+    result = run_in(tmp_path, tiny_overrides("sst2", "c3a") + ["trainer.epochs=3",
                                                              f"trainer.test_every_epoch={str(test_every_epoch).lower()}"])
     assert result.best_epoch == 2 and result.best_val == {"accuracy": 0.90}
     assert [e["val"]["accuracy"] for e in result.epochs] == [0.50, 0.90, 0.70]
@@ -99,11 +89,11 @@ class _Killed(BaseException):
     """Stands in for a kill right after a checkpoint was written."""
 
 
-def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
+def test_resume_after_interrupt_equals_uninterruptedrun_in(tmp_path, monkeypatch):
     import framework.trainer as train
 
     overrides = tiny_overrides("sst2", "c3a") + ["trainer.epochs=3", "seed=3"]
-    uninterrupted = _run(tmp_path / "a", overrides)
+    uninterrupted = run_in(tmp_path / "a", overrides)
 
     real_save = train.save_checkpoint
 
@@ -114,14 +104,14 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     with pytest.raises(_Killed):
-        _run(tmp_path / "b", overrides)
-    [failed] = _results(tmp_path / "b")
+        run_in(tmp_path / "b", overrides)
+    [failed] = result_files(tmp_path / "b")
     assert json.loads(failed.read_text())["status"] == "failed"
     [checkpoint] = (tmp_path / "b" / "checkpoints").rglob(train.CHECKPOINT_FILE)
     # resume state is data only: it loads with weights_only=True (a checkpoint can never run code)
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 1
     monkeypatch.setattr(train, "save_checkpoint", real_save)
-    resumed = _run(tmp_path / "b", overrides)
+    resumed = run_in(tmp_path / "b", overrides)
     for key in ("best_epoch", "best_val", "test_at_best", "test_last"):
         assert getattr(resumed, key) == getattr(uninterrupted, key), key
     assert [e["train_loss"] for e in resumed.epochs] == [e["train_loss"] for e in uninterrupted.epochs]
@@ -131,23 +121,23 @@ def test_resume_after_interrupt_equals_uninterrupted_run(tmp_path, monkeypatch):
 def test_completed_run_is_skipped_unless_forced(tmp_path, monkeypatch):
     import framework.trainer as train
 
-    first = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
+    first = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
 
     def no_training(*args, **kwargs):
         raise AssertionError("a completed run must not train again")
 
     monkeypatch.setattr(train, "fit", no_training)
-    again = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
+    again = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
     assert again.test_at_best == first.test_at_best
     with pytest.raises(AssertionError, match="must not train"):
-        _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "force=true"])
+        run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1", "force=true"])
 
 
 def test_different_seed_or_setting_is_a_different_result_file(tmp_path):
-    _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
-    _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "seed=1"])
-    _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "trainer.lr_head=0.01"])
-    paths = _results(tmp_path)
+    run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
+    run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1", "seed=1"])
+    run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1", "trainer.lr_head=0.01"])
+    paths = result_files(tmp_path)
     assert len(paths) == 3 and {p.name for p in paths} == {"seed0.json", "seed1.json"}
 
 
@@ -157,8 +147,8 @@ def test_nonfinite_loss_stops_with_a_failed_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(GlueTask, "loss", lambda self, logits, labels: logits.sum() * math.nan)
     with pytest.raises(NonFiniteLossError, match="loss is nan"):
-        _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
-    [path] = _results(tmp_path)
+        run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
+    [path] = result_files(tmp_path)
     data = json.loads(path.read_text())
     assert data["status"] == "failed" and "NonFiniteLossError" in data["error"]
 
@@ -172,8 +162,8 @@ def test_bad_input_fails_before_compute_without_a_result(tmp_path, override, mes
     from framework.pipeline import InputError
 
     with pytest.raises(InputError, match=message):
-        _run(tmp_path, tiny_overrides() + override)
-    assert not _results(tmp_path)
+        run_in(tmp_path, tiny_overrides() + override)
+    assert not result_files(tmp_path)
 
 
 def test_malformed_tsv_is_reported_with_file_and_line(tmp_path):
@@ -184,8 +174,8 @@ def test_malformed_tsv_is_reported_with_file_and_line(tmp_path):
     (bad / "train.tsv").write_text("sentence\tlabel\ngood movie \t1\nbad movie \t7\n")
     (bad / "dev.tsv").write_text("sentence\tlabel\nfine \t1\n")
     with pytest.raises((InputError, ValueError), match="train.tsv"):
-        _run(tmp_path, tiny_overrides() + [f"task.data_dir={bad}"])
-    assert not _results(tmp_path)
+        run_in(tmp_path, tiny_overrides() + [f"task.data_dir={bad}"])
+    assert not result_files(tmp_path)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -198,11 +188,11 @@ def test_cli_bad_input_exits_nonzero_with_a_clear_message(tmp_path, args, messag
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
-    assert not _results(tmp_path)
+    assert not result_files(tmp_path)
 
 
 def test_wandb_offline_mirror_is_written_and_finished(tmp_path):
-    result = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1", "tracker=wandb", "tracker.mode=offline",
+    result = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1", "tracker=wandb", "tracker.mode=offline",
                                                 f"tracker.dir={tmp_path / 'wb'}"])
     assert result.status == "completed"
     runs = list((tmp_path / "wb").rglob("*.wandb"))
@@ -212,9 +202,9 @@ def test_wandb_offline_mirror_is_written_and_finished(tmp_path):
 def test_data_of_every_task_trains(tmp_path):
     """Pairs, no-header CoLA, regression STS-B: all six tasks run through the same loop."""
     for task in ("mrpc", "cola", "qnli", "rte", "stsb"):
-        result = _run(tmp_path, tiny_overrides(task, "c3a") + ["trainer.epochs=1", "method.b=1"])
+        result = run_in(tmp_path, tiny_overrides(task, "c3a") + ["trainer.epochs=1", "method.b=1"])
         assert result.selection_metric in result.test_at_best
-    assert len(_results(tmp_path)) == 5
+    assert len(result_files(tmp_path)) == 5
     assert (TEST_GLUE / "STS-B").exists()
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, tiny_overrides
+from conftest import ROOT, result_files, tiny_overrides
 
 # one optimizer step per cell; no checkpoint files or per-epoch test passes to write
 FAST = ["debug=fast", "trainer.epochs=1", "trainer.max_steps_per_epoch=1", "trainer.save_best=false",
@@ -29,9 +29,9 @@ def _sweep(root: Path, *args: str, timeout: int = 400) -> subprocess.CompletedPr
     return proc
 
 
-def _results(root: Path, results_dir: str = "results") -> dict[Path, int]:
+def _written(root: Path) -> dict[Path, int]:
     """Result file → mtime (ns): what a sweep left behind and when it was written."""
-    return {p: p.stat().st_mtime_ns for p in sorted((root / results_dir / "runs").rglob("*.json"))}
+    return {p: p.stat().st_mtime_ns for p in result_files(root)}
 
 
 def _load(path: Path) -> dict:
@@ -54,7 +54,7 @@ def grown_sweep(tmp_path_factory):
     steps = []
     for seeds in ("0", "0,1"):
         proc = _sweep(root, f"seed={seeds}", "method.b=1,5")
-        steps.append((proc, _results(root)))
+        steps.append((proc, _written(root)))
     return root, steps
 
 
@@ -87,7 +87,7 @@ def test_rerunning_a_finished_sweep_runs_nothing(grown_sweep):
     root, [_, (_, before)] = grown_sweep
     proc = _sweep(root, "seed=0,1", "method.b=1,5")
     assert proc.returncode == 0, proc.log[-3000:]
-    assert _results(root) == before
+    assert _written(root) == before
     assert proc.log.count("skip: a completed result exists") == 2 and "result: " not in proc.log
 
 
@@ -119,7 +119,7 @@ def test_local_parallel_launcher_runs_every_cell(tmp_path):
     proc = _sweep(tmp_path, "hydra/launcher=local_parallel", "hydra.launcher.n_jobs=2", "seed=0,1")
     assert proc.returncode == 0, proc.log[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in proc.log
-    results = _results(tmp_path)
+    results = result_files(tmp_path)
     assert sorted(p.name for p in results) == ["seed0.json", "seed1.json"]
     assert all(_load(p)["status"] == "completed" for p in results)
 
@@ -129,7 +129,7 @@ def test_submitit_local_launcher_runs_a_cell(tmp_path):
     """hydra-submitit-launcher's local executor (the SLURM code path minus sbatch) runs a cell to a result."""
     proc = _sweep(tmp_path, "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "seed=0")
     assert proc.returncode == 0, proc.log[-3000:]
-    [path] = _results(tmp_path)
+    [path] = result_files(tmp_path)
     assert _load(path)["status"] == "completed"
     # the cell ran in a submitit job (its own process), not in the launching one
     assert list((tmp_path / "multirun" / ".submitit").rglob("*_result.pkl"))
@@ -175,8 +175,8 @@ def test_lr_search_runs_trials_and_resumes_its_study(tmp_path):
 
     # each trial is an ordinary run, kept apart from Table 2's results: it holds its LRs, its value is
     # the validation score
-    assert not _results(tmp_path)
-    results = [_load(p) for p in _results(tmp_path, "lr_search")]
+    assert not result_files(tmp_path)
+    results = [_load(p) for p in result_files(tmp_path, "lr_search")]
     assert len(results) == 3
     by_lrs = {(r["config"]["trainer"]["lr_head"], r["config"]["trainer"]["lr_adapter"]): r for r in results}
     assert set(by_lrs) == lrs

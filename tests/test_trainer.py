@@ -13,17 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import compose_cfg, tiny_overrides
-
-
-def _results(root: Path) -> list[Path]:
-    return sorted((root / "results" / "runs").rglob("*.json"))
-
-
-def _run(tmp_path: Path, overrides: list[str]):
-    from framework.pipeline import run
-
-    return run(compose_cfg(overrides, tmp_path))
+from conftest import result_files, run_in, tiny_overrides
 
 
 def test_a_nan_first_validation_score_never_stands_as_best(tmp_path, monkeypatch):
@@ -31,7 +21,7 @@ def test_a_nan_first_validation_score_never_stands_as_best(tmp_path, monkeypatch
 
     scores = iter([math.nan, 0.8, 0.9] + [0.5] * 10)
     monkeypatch.setattr(trainer, "evaluate", lambda accelerator, model, loader, task: {"accuracy": next(scores)})
-    result = _run(tmp_path, tiny_overrides() + ["trainer.epochs=3", "trainer.test_every_epoch=false"])
+    result = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=3", "trainer.test_every_epoch=false"])
     assert result.best_epoch == 3 and result.best_val == {"accuracy": 0.9}
 
 
@@ -90,8 +80,8 @@ def test_a_tracker_failing_after_the_result_is_written_never_marks_it_failed(tmp
 
     monkeypatch.setattr(NullTracker, "summary", broken)
     monkeypatch.setattr(NullTracker, "finish", broken)
-    result = _run(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
-    [path] = _results(tmp_path)
+    result = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=1"])
+    [path] = result_files(tmp_path)
     assert result.status == "completed" and json.loads(path.read_text())["status"] == "completed"
 
 
@@ -104,7 +94,7 @@ def test_a_bug_in_preparation_is_not_reported_as_bad_input(tmp_path, monkeypatch
 
     monkeypatch.setattr(GlueTask, "check_data", buggy)
     with pytest.raises(TypeError) as caught:
-        _run(tmp_path, tiny_overrides())
+        run_in(tmp_path, tiny_overrides())
     assert not isinstance(caught.value, InputError)
 
 
@@ -133,14 +123,14 @@ def test_bad_settings_fail_before_the_model_is_built_and_leave_no_result(tmp_pat
     monkeypatch.setattr(models, "build_model", only_skeletons)
     overrides = [o for o in tiny_overrides() if not o.startswith("task.max_length")] + override.split()
     with pytest.raises(InputError, match=message):
-        _run(tmp_path, overrides)
-    assert not _results(tmp_path)
+        run_in(tmp_path, overrides)
+    assert not result_files(tmp_path)
 
 
 def test_batch_size_is_the_global_batch_of_one_update(tmp_path):
     """Accumulation splits the configured batch: same updates, same schedule, quarter-size forward passes."""
-    plain = _run(tmp_path / "a", tiny_overrides() + ["trainer.epochs=2"])
-    accumulated = _run(tmp_path / "b", tiny_overrides() + ["trainer.epochs=2", "trainer.grad_accum_steps=4"])
+    plain = run_in(tmp_path / "a", tiny_overrides() + ["trainer.epochs=2"])
+    accumulated = run_in(tmp_path / "b", tiny_overrides() + ["trainer.epochs=2", "trainer.grad_accum_steps=4"])
     assert accumulated.distributed["per_device_batch_size"] == 2 and plain.distributed["per_device_batch_size"] == 8
     assert accumulated.distributed["optimizer_steps"] == plain.distributed["optimizer_steps"]
     assert [e["lr"] for e in accumulated.epochs] == [e["lr"] for e in plain.epochs]

@@ -32,6 +32,7 @@ import torch
 from framework.checks import is_int
 from framework.fingerprint import tokenizer_fingerprint
 from framework.models import position_limit
+from framework import sandbox as code_sandbox
 from framework.tasks import answers
 from framework.tasks.base import HeadSpec, Task
 from framework.tasks.instruct_data import Example, check_source, read_source, source_path
@@ -69,7 +70,7 @@ class InstructTask(Task):
         self.val_size, self.split_seed = val_size, split_seed
         self.max_train_samples, self.max_eval_samples = max_train_samples, max_eval_samples
         self.max_length, self.max_new_tokens = max_length, max_new_tokens
-        self.sandbox = {"timeout_s": 10.0, "memory_mb": 1024, "workers": 4, **dict(sandbox or {})}
+        self.sandbox = dict(sandbox or {})  # framework.sandbox.DEFAULTS fill the gaps (validate)
         self.keep_samples = keep_samples
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self._examples: Optional[dict[str, list[Example]]] = None
@@ -100,6 +101,9 @@ class InstructTask(Task):
             check_source(self.train_source, "task.train", self.data_dir)
         for set_name, source in self.test_sources.items():
             check_source(dict(source), f"task.test.{set_name}", self.data_dir)
+        self.sandbox = code_sandbox.settings(self.sandbox)
+        if _runs_code(self.test_sources):  # refused before any compute where the machine cannot contain it
+            code_sandbox.require_isolation(self.sandbox["allow_weak"])
 
     def check_model(self, model_config) -> None:
         limit = position_limit(model_config) if model_config is not None else None
@@ -290,10 +294,10 @@ class InstructTask(Task):
     def score(self, generations: list[str], batch: dict) -> list[dict[str, bool]]:
         """Each generation against its reference, by its source's rule (code: in the sandbox). A verdict is
         ``{"base": flag}``, plus ``"plus"`` for code with EvalPlus tests (base and plus tests all pass)."""
-        from framework import sandbox
+        limits = {k: self.sandbox[k] for k in ("timeout_s", "memory_mb", "disk_mb", "max_files", "allow_weak")}
 
-        def run(program: str) -> bool:
-            return sandbox.run_program(program, self.sandbox["timeout_s"], self.sandbox["memory_mb"]).passed
+        def run(program: tuple[str, str]) -> bool:
+            return code_sandbox.run_program(*program, **limits).passed
 
         def one(i: int) -> dict[str, bool]:
             text, scorer, ref = generations[i], batch["scorer"][i], batch["reference"][i]
@@ -304,12 +308,12 @@ class InstructTask(Task):
             if scorer == "keyword":
                 return {"base": answers.keyword_correct(text, ref, batch["keywords"][i])}
             if scorer == "humaneval":  # a suite: the source of a check(candidate) function
-                def program(suite) -> str:
-                    return sandbox.humaneval_program(ref["prompt"], text, suite, ref["entry_point"])
+                def program(suite) -> tuple[str, str]:
+                    return code_sandbox.humaneval_program(ref["prompt"], text, suite, ref["entry_point"])
                 base = ref["test"]
             elif scorer == "mbpp":  # a suite: a list of statements run after the code
-                def program(suite) -> str:
-                    return sandbox.mbpp_program(text, suite, ref["setup"])
+                def program(suite) -> tuple[str, str]:
+                    return code_sandbox.mbpp_program(text, suite, ref["setup"])
                 base = ref["tests"]
             else:
                 raise ValueError(f"scorer {scorer!r} cannot score a generation")
@@ -392,9 +396,10 @@ class InstructTask(Task):
         }
 
 
-def _sandbox_isolation(test_sources: dict) -> dict:
-    if not any(dict(s).get("format") in ("humaneval", "mbpp") for s in test_sources.values()):
-        return {}
-    from framework.sandbox import isolation
+def _runs_code(test_sources: dict) -> bool:
+    return any(dict(s).get("format") in ("humaneval", "mbpp") for s in test_sources.values())
 
-    return {k: v for k, v in isolation().items() if k != "prefix"}
+
+def _sandbox_isolation(test_sources: dict) -> dict:
+    """What the machine's sandbox gave (recorded in the result), for a task that runs generated code."""
+    return {"isolation": code_sandbox.isolation()} if _runs_code(test_sources) else {}
