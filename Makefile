@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop memory memory-estimate memory-gpu cost table2 tables demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all params bench bench-loop memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -58,6 +58,10 @@ table2: ## Build Table 2 (Markdown, LaTeX, CSV, Figure 1) from results/runs
 
 tables: ## Build every paper table declared in results/paper/*.yaml (Table 2, 3, 4, A2) from results/runs
 	$(PYTHON) scripts/make_table.py --table all
+
+RESULTS ?= results
+report: ## One offline HTML page (RESULTS=results; REPORT=out.html; SCREENSHOT=out.png needs chromium: apt-get install chromium)
+	$(PYTHON) scripts/make_report.py --results-dir $(RESULTS) $(if $(REPORT),--out $(REPORT)) $(if $(SCREENSHOT),--screenshot $(SCREENSHOT))
 
 demo: ## The main job offline: MiniLM on 3,500 shipped SST-2 sentences (1 epoch), head-only vs LoRA vs C3A, then the table
 	$(PYTHON) scripts/demo.py

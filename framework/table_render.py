@@ -158,7 +158,7 @@ def _with_paper(text: str, ours: float | None, paper: float | None, check: str =
     return text + f" (paper {paper:.2f}, Δ {ours - paper:+.2f}" + (f"; {check})" if check else ")")
 
 
-def _md_row(table: Table, row: Row) -> list[str]:
+def markdown_cells(table: Table, row: Row) -> list[str]:
     spec = table.spec
     cells = [row.model_row, row.label,
              _params(row) + (f" (paper {row.paper_params.show()})" if row.paper_params is not None else "")]
@@ -189,7 +189,7 @@ def render_markdown(tables: list[Table], unplaced: int = 0) -> str:
         cols = header(table.spec)
         out += [f"### {table.spec.title} — protocol: {table.protocol}", "", caption(table), "",
                 "| " + " | ".join(cols) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(cols) - 2)) + "|"]
-        out += ["| " + " | ".join(c.replace("|", "\\|") for c in _md_row(table, row)) + " |"
+        out += ["| " + " | ".join(c.replace("|", "\\|") for c in markdown_cells(table, row)) + " |"
                 for row in table.rows]
         notes = table_notes(table, unplaced)
         if notes:

@@ -87,15 +87,17 @@ def collect_runs(results_dir, spec: TableSpec) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=list(RUN_COLUMNS))
 
 
-def load_memory(results_dir) -> dict[tuple[str, str], tuple[float, str]]:
-    """Measured peak memory per (model, method label) in GiB and the device, a cuda measurement preferred.
+def load_memory(results_dir, memory_dirs=()) -> dict[tuple[str, str], tuple[float, str]]:
+    """Measured peak memory per (model, method label) in GiB and the device, a cuda measurement preferred,
+    from ``<results_dir>/memory/*.csv`` and the measurement CSVs (those with ``peak_bytes``) in ``memory_dirs``.
 
     Several measurements of one key on the same kind of device: the largest peak is kept.
     """
-    files = sorted((Path(results_dir) / "memory").glob("*.csv"))
-    if not files:
+    files = sorted({p.resolve() for d in (Path(results_dir) / "memory", *map(Path, memory_dirs)) for p in d.glob("*.csv")})
+    frames = [frame for frame in map(pd.read_csv, files) if "peak_bytes" in frame.columns]
+    if not frames:
         return {}
-    frame = pd.concat([pd.read_csv(f) for f in files], ignore_index=True)
+    frame = pd.concat(frames, ignore_index=True)
     best: dict[tuple[str, str], tuple[float, str]] = {}
     for row in frame.to_dict("records"):
         key, device = (str(row["model"]), str(row["method_label"])), str(row["device"])
@@ -297,7 +299,8 @@ def unplaced_failures(runs: pd.DataFrame, tables: list[Table], spec: TableSpec, 
     return failed.loc[~failed["protocol"].isin(shown), "run_id"].nunique()
 
 
-def build_tables(results_dir, spec: TableSpec, protocol: str | None = None, reference: str | None = None):
-    """(tidy runs frame, tables) of one spec for a results directory."""
+def build_tables(results_dir, spec: TableSpec, protocol: str | None = None, reference: str | None = None,
+                 memory_dirs=()):
+    """(tidy runs frame, tables) of one spec for a results directory (memory also from ``memory_dirs``)."""
     runs = collect_runs(results_dir, spec)
-    return runs, aggregate(runs, spec, load_memory(results_dir), protocol=protocol, reference=reference)
+    return runs, aggregate(runs, spec, load_memory(results_dir, memory_dirs), protocol=protocol, reference=reference)
