@@ -63,7 +63,7 @@ def _shown(value: Any) -> str:
 
 
 def check_row(row: Any, required: Mapping[str, Kinds], where: str, what: str,
-              optional: Mapping[str, Kinds] = {}) -> dict:
+              optional: Mapping[str, Kinds] | None = None) -> dict:
     """``row`` as a dict whose ``required`` keys are present with values of their kinds, and whose ``optional``
     keys are absent, null or of theirs; else a ``ValueError`` naming ``where``, the field, the kind and the value."""
     if not isinstance(row, dict):
@@ -73,7 +73,8 @@ def check_row(row: Any, required: Mapping[str, Kinds], where: str, what: str,
     if missing:
         raise ValueError(f"{where}: a {what} row needs keys {list(required)}; missing {missing} "
                          f"(row keys: {sorted(map(str, row))})")
-    for key, kinds in (*required.items(), *((k, v) for k, v in optional.items() if row.get(k) is not None)):
+    present = {key: kinds for key, kinds in (optional or {}).items() if row.get(key) is not None}
+    for key, kinds in (*required.items(), *present.items()):
         if not _is(row[key], kinds):
             raise ValueError(f"{where}: a {what} row needs {key!r} as {_kinds_text(kinds)}; "
                              f"got {_shown(row[key])}")
