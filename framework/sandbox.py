@@ -58,6 +58,7 @@ STRONG_MODES = ("namespaces",)
 _HERE = Path(__file__).resolve().parent
 _RUNNER = (_HERE / "sandbox_runner.py").read_text(encoding="utf-8")
 _LAUNCHER = _HERE / "sandbox_launch.py"
+STARTED = b"started:"     # what sandbox_runner reports before the solution runs
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ def check_settings(timeout_s, memory_mb, workers, disk_mb, max_files, allow_weak
 
 
 # ------------------------------------------------------------------------------------ the machine
+@functools.lru_cache(maxsize=None)
 def _binds() -> list[tuple[str, str]]:
     """(host path, path inside): the system, this Python's interpreter and library, SITE_PACKAGES."""
     python = os.path.realpath(sys.executable)
@@ -227,7 +229,7 @@ def _probe(mode: str, cgroups: dict[str, Path], nobody: bool = False) -> Optiona
     """None when a trivial program passes in ``mode``, else why it did not."""
     try:
         outcome = _run(mode, cgroups, "x = 1\n", "assert x == 1\n", 30, 256, 8, 256, nobody)
-    except OSError as err:  # e.g. the interpreter is not executable by that uid
+    except (OSError, RuntimeError) as err:  # e.g. unshare refused, or the interpreter not executable by that uid
         return str(err)
     return None if outcome.passed else f"{outcome.status}: {outcome.stderr_tail.strip()[-300:]}"
 
@@ -339,8 +341,11 @@ def _run(mode: str, cgroup_parents: dict[str, Path], solution: str, test: str, t
         stderr = (root / "stderr").read_bytes()[-2000:].decode("utf-8", "replace")
     if returncode is None:
         status = "timeout"
+    elif not report.startswith(STARTED):  # the launcher or the interpreter failed: not the program's doing
+        raise RuntimeError(f"the sandbox did not start the program (exit status {returncode}; memory_mb="
+                           f"{memory_mb} too small?): {stderr.strip()[-600:]}")
     else:
-        status = "passed" if returncode == 0 and report == nonce.encode() else "failed"
+        status = "passed" if returncode == 0 and report == STARTED + nonce.encode() else "failed"
     return Outcome(status=status, returncode=returncode, stderr_tail=stderr)
 
 

