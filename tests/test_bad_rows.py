@@ -226,3 +226,52 @@ def test_a_bad_row_is_an_input_error_and_leaves_no_result(tmp_path, monkeypatch,
     with pytest.raises(InputError, match=f"{train if which == 'train' else gsm8k}, {message}"):
         run(compose_cfg(_math_run(tmp_path, train, gsm8k), tmp_path))
     assert not list((tmp_path / "results").rglob("*.json"))
+
+
+# --------------------------------------------------------------------------- Hub rows (local folders, offline)
+def test_a_bad_hub_row_is_named_by_its_row_number(tmp_path):
+    """``task.train.hub`` rows have no file lines: ``hub <id>, row N`` counts from 1 too."""
+    from framework.tasks.instruct_data import read_source
+
+    folder = tmp_path / "hub"
+    folder.mkdir()
+    _write(folder, "train.jsonl", jsonl(GSM, {**GSM, "answer": None}, GSM))
+    with pytest.raises(ValueError, match=rf"hub {folder}, row 2: a 'gsm8k' row needs 'answer' as a string; got null"):
+        read_source({"format": "gsm8k", "hub": str(folder)}, "task.train")
+
+
+def test_hub_image_labels_of_the_wrong_type_or_one_class(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    import numpy as np
+    from PIL import Image
+
+    from framework.tasks.image_data import load_hub
+
+    def write(folder: Path, labels: list, feature) -> Path:
+        (folder / "data").mkdir(parents=True)
+        features = datasets.Features({"img": datasets.Image(), "label": feature})
+        images = [Image.fromarray(np.full((4, 4, 3), 9 * i, np.uint8)) for i in range(len(labels))]
+        for split in ("train", "test"):
+            datasets.Dataset.from_dict({"img": images, "label": labels}, features=features).to_parquet(
+                str(folder / "data" / f"{split}-00000-of-00001.parquet"))
+        return folder
+
+    splits = {"train": "train", "test": "test"}
+    bad = write(tmp_path / "bad", ["cat", None, "dog"], datasets.Value("string"))
+    with pytest.raises(ValueError, match=r"split 'train': column 'label' row 2 must be an integer or a string; got null"):
+        load_hub(str(bad), None, splits, "img", "label", None)
+    one = write(tmp_path / "one", [0, 0, 0], datasets.ClassLabel(names=["cat"]))
+    with pytest.raises(ValueError, match=r"split 'train' column 'label': one class found: \['cat'\]"):
+        load_hub(str(one), None, splits, "img", "label", None)
+
+
+def test_glue_hub_rows_of_the_wrong_type(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    from framework.tasks.glue_data import GLUE_TASKS, load_hub_splits
+
+    good = datasets.Dataset.from_dict({"sentence": ["fine", "good"], "label": [0, 1]})
+    bad = datasets.Dataset.from_dict({"sentence": ["fine", None, "good"], "label": [0, 1, 1]})
+    monkeypatch.setattr(datasets, "load_dataset", lambda *a, **k: datasets.DatasetDict(train=good, validation=bad))
+    with pytest.raises(ValueError, match=r"nyu-mll/glue/sst2 split 'validation': column 'sentence' row 2 must be a "
+                                         r"string; got null"):
+        load_hub_splits(GLUE_TASKS["sst2"], "nyu-mll/glue")

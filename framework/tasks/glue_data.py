@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Optional
 
 from framework import hub
-from framework.tasks.rows import at_line, read_text
+from framework.tasks.rows import at_line, check_items, read_text
 
 NLI_LABELS = {"entailment": 0, "not_entailment": 1}
 
@@ -198,5 +198,10 @@ def load_hub_splits(spec: GlueTaskSpec, hub_dataset: str) -> dict[str, RawSplit]
                 f"{hub_dataset}/{spec.hub_config} split {theirs!r} lacks columns {missing}; "
                 f"expected {[*spec.text_fields, 'label']}"
             )
-        splits[ours] = RawSplit(tuple(list(part[c]) for c in spec.text_fields), list(part["label"]))
+        texts, labels = tuple(list(part[c]) for c in spec.text_fields), list(part["label"])
+        where = f"{hub_dataset}/{spec.hub_config} split {theirs!r}"
+        for column, values in zip(spec.text_fields, texts):
+            check_items(values, str, where, f"column {column!r}", each="row")
+        check_items(labels, (int, float) if spec.is_regression else int, where, "column 'label'", each="row")
+        splits[ours] = RawSplit(texts, labels)
     return splits

@@ -289,7 +289,7 @@ def load_hub(dataset_id: str, config: Optional[str], splits: dict[str, str], ima
                              f"task.label_column); its columns are {part.column_names}")
         feature = part.features[label_column]
         raw = list(part[label_column])
-        check_items(raw, (int, str), f"{label} split {theirs!r}", f"column {label_column!r}")
+        check_items(raw, (int, str), f"{label} split {theirs!r}", f"column {label_column!r}", each="row")
         integers = hasattr(feature, "names") or all(isinstance(v, (int, np.integer)) for v in raw)
         if names is None:  # ClassLabel names; else ids 0..max; else the sorted label strings
             names = require_two_classes(

@@ -81,9 +81,9 @@ def check_row(row: Any, required: Mapping[str, Kinds], where: str, what: str,
     return row
 
 
-def check_items(values: list, kinds: Kinds, where: str, what: str) -> None:
-    """Every element of a list field is of ``kinds`` (e.g. a list of strings)."""
+def check_items(values: list, kinds: Kinds, where: str, what: str, each: str = "item") -> None:
+    """Every element of a list field (or of a Hub column: ``each="row"``) is of ``kinds``; counted from 1."""
     for number, value in enumerate(values, 1):
         if not _is(value, kinds):
-            raise ValueError(f"{where}: {what} item {number} must be {_kinds_text(kinds)}; "
+            raise ValueError(f"{where}: {what} {each} {number} must be {_kinds_text(kinds)}; "
                              f"got {_shown(value)}")
