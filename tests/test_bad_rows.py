@@ -275,3 +275,31 @@ def test_glue_hub_rows_of_the_wrong_type(monkeypatch):
     with pytest.raises(ValueError, match=r"nyu-mll/glue/sst2 split 'validation': column 'sentence' row 2 must be a "
                                          r"string; got null"):
         load_hub_splits(GLUE_TASKS["sst2"], "nyu-mll/glue")
+
+
+def test_bad_tsv_and_csv_files_are_input_errors_through_the_pipeline(tmp_path, monkeypatch):
+    """GLUE TSV bytes that are not UTF-8 and an image CSV row with a missing column: InputError, no result file."""
+    import shutil
+
+    import framework.trainer as trainer
+    from conftest import TEST_GLUE, tiny_overrides
+    from framework.pipeline import InputError, run
+
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: pytest.fail("training started"))
+    glue = tmp_path / "SST-2"
+    shutil.copytree(TEST_GLUE / "SST-2", glue)
+    lines = (glue / "train.tsv").read_bytes().split(b"\n")
+    (glue / "train.tsv").write_bytes(b"\n".join([*lines[:4], lines[4].replace(b" ", b" \xe9 ", 1), *lines[5:]]))
+    with pytest.raises(InputError, match=rf"{glue / 'train.tsv'}, line 5: not UTF-8 text"):
+        run(compose_cfg([*tiny_overrides("sst2"), f"task.data_dir={glue}"], tmp_path / "glue"))
+    images = ROOT / "tests" / "data" / "images"
+    table = tmp_path / "table"
+    table.mkdir()
+    for split in ("train", "test"):
+        (table / f"{split}.csv").write_text((images / "csv" / f"{split}.csv").read_text().replace("../", f"{images}/"))
+    (table / "train.csv").write_text((table / "train.csv").read_text() + f"{images}/folder/train/red/0.png\n")
+    line = len((table / "train.csv").read_text().splitlines())
+    with pytest.raises(InputError, match=rf"{table / 'train.csv'}, line {line}: a path,label CSV row needs 'label'"):
+        run(compose_cfg(["model=tiny-vit", "task=pets", "task.source=csv", f"task.data_dir={table}", "task.val_size=3",
+                         "method=lora", "tracker=none", "trainer.epochs=1"], tmp_path / "image"))
+    assert not list(tmp_path.rglob("results/**/*.json"))
