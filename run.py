@@ -28,6 +28,7 @@ log = logging.getLogger("run")
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from framework.pipeline import InputError, run
+    from framework.results import RunInProgressError
 
     if cfg.print_config:
         print(OmegaConf.to_yaml(cfg, resolve=True))
@@ -39,6 +40,11 @@ def main(cfg: DictConfig) -> float | None:
         if sweeping:  # one bad cell must not stop the sweep
             return None
         sys.exit(2)
+    except RunInProgressError as err:  # another process is running this very run: nothing is recorded
+        log.error("%s", err)
+        if sweeping:  # the other sweep does this cell
+            return None
+        sys.exit(3)
     except Exception:  # noqa: BLE001 - recorded as a failed result by the pipeline
         log.exception("run failed (recorded as failed)")
         if sweeping:

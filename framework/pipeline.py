@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -90,8 +90,13 @@ def prepare(cfg: DictConfig) -> Prepared:
 
 
 def _check_training(settings: TrainerSettings, method: Method, task: Task) -> None:
-    """Training needs a method that trains and a task with training data; evaluation only (epochs=0) needs neither."""
+    """Training needs a method that trains and a task with training data; evaluation only (epochs=0) needs neither,
+    but it needs a head that is not new: a fresh head's weights are random, and their score is no result."""
     if settings.epochs == 0:
+        if method.trains and task.head().fresh:
+            raise ValueError(f"trainer.epochs=0 with method {method.name!r} would score task {task.name!r} with a new "
+                             f"head whose weights are random (nothing trains it): set trainer.epochs >= 1, or evaluate "
+                             f"a task that keeps the model's own head (instruction tasks, with method=zero_shot)")
         return
     if not method.trains:
         raise ValueError(f"method {method.name!r} trains nothing but trainer.epochs={settings.epochs}: set "
@@ -123,28 +128,81 @@ def _close_tracker(tracker, summary: dict | None, failed: bool) -> None:
 
 
 def run(cfg: DictConfig) -> results.RunResult:
-    """Run one config and return its result; a completed result that already exists is returned as is (skip)."""
+    """Run one config and return its result; a completed result that already exists is returned as is (skip).
+
+    One process at a time runs a given run: the main process holds the run's lock (``results.run_lock``, next
+    to the result file) from the skip check to the checkpoint clean-up; a second one stops at once naming the
+    holder's pid (``RunInProgressError``), or waits with ``wait_for_lock=true``."""
     prepared = prepare(cfg)
     method, task, tracker = prepared.method, prepared.task, prepared.tracker
     resolved = resolved_config(cfg)
     description = method.describe()
     rid, path = identity(cfg, resolved, description["name"])
     data_files = fingerprint(task.data_files())
-    if results.completed(path) and not cfg.force:
-        previous = results.load_result(path)
-        recorded = previous.provenance.get("data_files")
-        if recorded is not None and not same_data(recorded, data_files):
-            raise InputError(f"{path} holds a completed result of this config made from data files whose contents "
-                             f"have changed since ({sorted(recorded)}); force=true reruns it and replaces that "
-                             f"result, or set paths.results_dir to keep both")
-        log.info("skip: a completed result exists at %s (force=true reruns)", path)
+    previous = _reusable(cfg, path, data_files)
+    if previous is not None:
         return previous
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
+    if not _is_main_process():  # rank 0 holds the run's lock for the whole group
+        return _execute(cfg, prepared, resolved, rid, path, checkpoint_dir, data_files)
+    with results.run_lock(path, rid, wait=bool(cfg.get("wait_for_lock", False))):
+        previous = _reusable(cfg, path, data_files)  # the holder we waited for may have completed it
+        if previous is not None:
+            return previous
+        _check_checkpoint(checkpoint_dir / CHECKPOINT_FILE, data_files, bool(cfg.force))
+        return _execute(cfg, prepared, resolved, rid, path, checkpoint_dir, data_files)
+
+
+def _reusable(cfg: DictConfig, path: Path, data_files: dict[str, str]) -> results.RunResult | None:
+    """The completed result at ``path`` when it may be reused: not forced, and made from the same data."""
+    if cfg.force or not results.completed(path):
+        return None
+    previous = results.load_result(path)
+    recorded = previous.provenance.get("data_files")
+    if recorded is not None and not same_data(recorded, data_files):
+        raise InputError(f"{path} holds a completed result of this config made from data files whose contents "
+                         f"have changed since ({sorted(recorded)}); force=true reruns it and replaces that "
+                         f"result, or set paths.results_dir to keep both")
+    log.info("skip: a completed result exists at %s (force=true reruns)", path)
+    return previous
+
+
+def _check_checkpoint(checkpoint: Path, data_files: dict[str, str], force: bool) -> None:
+    """A killed run resumes from its checkpoint only on the data it was trained on: different data is an
+    ``InputError`` naming the files (before any compute); ``force=true`` discards the checkpoint instead."""
+    if not checkpoint.exists():
+        return
+    from framework.checkpoint import checkpoint_data_files
+
+    recorded = checkpoint_data_files(checkpoint)
+    if recorded is not None and same_data(recorded, data_files):
+        return
+    if recorded is None:
+        reason = "records no data fingerprints (it was written before checkpoints recorded them)"
+    else:
+        changed = sorted({p for p, digest in data_files.items() if digest not in recorded.values()}
+                         | {p for p, digest in recorded.items() if digest not in data_files.values()})
+        reason = f"was trained on other contents of {changed}"
+    if force:
+        log.warning("force=true: discarding %s, which %s; the run starts over", checkpoint, reason)
+        checkpoint.unlink()
+        return
+    raise InputError(f"cannot resume from {checkpoint}: it {reason}, and an epoch trained on other data would "
+                     f"stand in this run's result; force=true starts the run over (discarding the checkpoint), or "
+                     f"restore the data")
+
+
+def _execute(cfg: DictConfig, prepared: Prepared, resolved: dict, rid: str, path: Path, checkpoint_dir: Path,
+             data_files: dict[str, str]) -> results.RunResult:
+    """Build, fit and record one run (on the main process, under the run's lock). A failure is recorded as a
+    ``failed`` result unless a completed one is there: a completed result is replaced only by a completed one."""
+    method, task, tracker = prepared.method, prepared.task, prepared.tracker
+    description = method.describe()
     main = _is_main_process()
     result = results.RunResult(run_id=rid, status="running", model=cfg.model.name, method=description["name"],
                                method_label=row_label(method, cfg.get("method_label")), task=cfg.task.name,
                                seed=prepared.seed, config=resolved, selection_metric=task.selection_metric,
                                provenance={**results.provenance(), "data_files": data_files})
-    checkpoint_dir = Path(cfg.paths.checkpoint_dir) / rid
     started = time.perf_counter()
     if not main:
         from framework.trackers import NullTracker
@@ -164,26 +222,26 @@ def run(cfg: DictConfig) -> results.RunResult:
                          "total": models.count_parameters(adapted.model)}
         from framework.trainer import fit
 
-        out = fit(adapted, task, splits, processor, prepared.settings, prepared.seed, checkpoint_dir, tracker,
-                  artifacts_dir=Path(cfg.paths.results_dir) / "artifacts" / rid)
-        best_state = out.pop("best_state")
-        result.provenance["device"] = out.pop("device")
-        for key, value in out.items():
-            setattr(result, key, value)
-        result.timing["wall_s"] = time.perf_counter() - started
-        result.status = "completed"
+        fitted = fit(adapted, task, splits, processor, prepared.settings, prepared.seed, checkpoint_dir, tracker,
+                     artifacts_dir=Path(cfg.paths.results_dir) / "artifacts" / rid, data_files=data_files)
+        result = replace(result, status="completed", epochs=fitted.epochs, best_epoch=fitted.best_epoch,
+                         best_val=fitted.best_val, test_at_best=fitted.test_at_best, test_last=fitted.test_last,
+                         memory=fitted.memory, timing={**fitted.timing, "wall_s": time.perf_counter() - started},
+                         distributed=fitted.distributed, artifacts=fitted.artifacts,
+                         provenance={**result.provenance, "device": fitted.device})
         if main:
-            if prepared.settings.save_best and best_state:  # evaluation only with nothing trainable: no file
+            if prepared.settings.save_best and fitted.best_state:  # evaluation only with nothing trainable: no file
                 from safetensors.torch import save_file
 
                 checkpoint_dir.mkdir(parents=True, exist_ok=True)
-                save_file({k: v.contiguous() for k, v in best_state.items()}, str(checkpoint_dir / BEST_STATE_FILE))
+                save_file({k: v.contiguous() for k, v in fitted.best_state.items()},
+                          str(checkpoint_dir / BEST_STATE_FILE))
             results.write_result(path, result)
     except BaseException as err:
         result.status = "failed"
         result.error = f"{type(err).__name__}: {err}"
         result.timing["wall_s"] = time.perf_counter() - started
-        if main:
+        if main and not results.completed(path):  # never over a completed result (a forced rerun that failed)
             results.write_result(path, result)
         _close_tracker(tracker, None, failed=True)
         raise

@@ -1,15 +1,21 @@
-"""One JSON file per run: the schema, the path derived from the config, atomic writes.
+"""One JSON file per run: the schema, the path derived from the config, atomic writes, one run at a time.
 
 The path is a function of the resolved config and the seed (never a timestamp), so rerunning a
-sweep finds the runs already done and only does the missing ones. Tables read nothing else.
+sweep finds the runs already done and only does the missing ones. Tables read nothing else. A run
+holds a lock next to its result file while it runs (``run_lock``), so two processes never run the
+same config and seed at once (two sweeps launched over each other).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
+import time
 from dataclasses import asdict, dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -18,10 +24,12 @@ from typing import Any
 from framework import threads
 from framework.io import atomic_write_text
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 
 #: config keys that do not change what a run computes, left out of the run's identity
-NON_IDENTITY_KEYS = ("seed", "paths", "tracker", "force", "hydra", "print_config", "expected_seeds", "task.cache_dir",
+NON_IDENTITY_KEYS = ("seed", "paths", "tracker", "force", "wait_for_lock", "hydra", "print_config", "expected_seeds",
+                     "task.cache_dir",
                      "trainer.progress_bar", "trainer.num_workers", "trainer.checkpoint_every_epoch",
                      "trainer.save_best", "trainer.test_every_epoch")
 
@@ -93,6 +101,53 @@ def run_id(config: dict, model: str, method: str, task: str, seed: int) -> str:
 
 def result_path(results_dir: str | os.PathLike, rid: str) -> Path:
     return Path(results_dir) / "runs" / f"{rid}.json"
+
+
+class RunInProgressError(RuntimeError):
+    """Another process holds this run's lock: it is running the same config and seed right now."""
+
+
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of the run whose result is ``path`` (next to it; never deleted, see ``run_lock``)."""
+    return Path(path).with_suffix(".lock")
+
+
+@contextlib.contextmanager
+def run_lock(path: str | os.PathLike, rid: str, wait: bool = False):
+    """Hold the run's lock for the ``with`` block: an exclusive ``flock`` on ``lock_path(path)``, with the holder's
+    pid written in the file. The OS releases it when the process dies (kill -9 included), so a stale lock
+    never blocks a rerun. Held: ``RunInProgressError`` naming the run and the holder's pid, or with
+    ``wait`` block until the holder finishes. The file stays: deleting it would let a waiting process and
+    a newcomer lock two different files for the same run."""
+    lock = lock_path(path)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _holder(lock)
+            if not wait:
+                raise RunInProgressError(f"run {rid} is already running in process {holder} (lock {lock}); "
+                                         f"wait_for_lock=true waits for it to finish") from None
+            log.info("waiting for run %s: process %s holds %s", rid, holder, lock)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _holder(lock: Path) -> str:
+    """The pid written by the lock's holder (it writes it just after locking: give it a moment)."""
+    for _ in range(20):
+        text = lock.read_text().strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "(pid not yet written)"
 
 
 def write_result(path: str | os.PathLike, result: RunResult) -> None:

@@ -47,11 +47,11 @@ def test_trainer_scores_test_once_per_epoch_and_reuses_those_scores(tmp_path, mo
     def run_counting(test_every_epoch: bool):
         val_scores, test_calls = iter([0.5, 0.9, 0.7]), []  # epoch 2 is the best, epoch 3 the last
 
-        def scripted_val_real_test(accelerator, model, loader, task):
+        def scripted_val_real_test(accelerator, model, loader, task, processor):
             if len(loader.dataset) == val_size:
-                return {"accuracy": next(val_scores)}
+                return trainer.Evaluation({"accuracy": next(val_scores)}, [])
             test_calls.append(len(loader.dataset))
-            return real_evaluate(accelerator, model, loader, task)
+            return real_evaluate(accelerator, model, loader, task, processor)
 
         monkeypatch.setattr(trainer, "evaluate", scripted_val_real_test)
         overrides = tiny_overrides() + ["trainer.epochs=3", f"trainer.test_every_epoch={str(test_every_epoch).lower()}"]

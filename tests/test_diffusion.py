@@ -72,11 +72,15 @@ def _tiny_model(tmp_path: Path, weights: str = "random"):
 
 
 class _Gather:
-    """The accelerator's one call the task makes in evaluate, on a single process."""
+    """The accelerator's two calls in the trainer's evaluate, on a single process."""
 
     @staticmethod
     def gather_for_metrics(value):
         return value
+
+    @staticmethod
+    def unwrap_model(model):
+        return model
 
 
 # -- the model ---------------------------------------------------------------------------------------
@@ -120,6 +124,8 @@ def test_stable_diffusion_entries_build_the_published_shapes(tmp_path, name, une
 
 # -- the task, called directly -------------------------------------------------------------------------
 def test_training_loss_and_fixed_draw_evaluation(tmp_path):
+    from framework.trainer import evaluate
+
     task, _ = _task(tmp_path, _make_images(tmp_path / "subject"))
     task.check_data()
     splits = task.splits(None)
@@ -138,8 +144,8 @@ def test_training_loss_and_fixed_draw_evaluation(tmp_path):
     loaders = {s: torch.utils.data.DataLoader(splits[s], batch_size=1, collate_fn=task.collate(None, s))
                for s in ("val", "test")}
     with torch.no_grad():
-        first, again = (task.evaluate(model, loaders["val"], _Gather()) for _ in range(2))
-        test = task.evaluate(model, loaders["test"], _Gather())
+        first, again = (evaluate(_Gather(), model, loaders["val"], task, None).metrics for _ in range(2))
+        test = evaluate(_Gather(), model, loaders["test"], task, None).metrics
     assert first == again  # the same draws every epoch
     assert first["neg_loss"] == -first["loss"] and first["loss"] > 0
     assert test["loss"] != first["loss"]  # val and test draw different noise and timesteps
@@ -189,7 +195,7 @@ def test_clip_scores_with_a_local_clip_model_and_a_note_without(tmp_path):
     scored, _ = _task(tmp_path, images, f"task.clip_model={folder}")
     scored.check_data()
     assert scored.describe()["clip_scores"] == f"computed with {folder}"
-    paths = scored.artifacts(model, tmp_path / "scored", NullTracker())
+    paths = scored.artifacts(model, tmp_path / "scored", NullTracker(), [])
     clip = json.loads(Path(paths["samples_info"]).read_text())["clip"]
     assert -1.0 <= clip["clip_t"] <= 1.0 and -1.0 <= clip["clip_i"] <= 1.0
     assert set(clip["per_prompt"]) == {"a photo of sks thing"}

@@ -328,7 +328,7 @@ def tiny_classifier(tokenizer, num_labels: int):
 @pytest.mark.parametrize("name", ["rte", "stsb"])
 def test_training_loss_and_evaluate_use_the_model_outputs(tmp_path, tokenizer, name):
     """The trainer's two calls: the loss of a batch, and a split's metrics gathered by accelerate."""
-    from framework.trainer import TrainerSettings, make_accelerator
+    from framework.trainer import TrainerSettings, evaluate, make_accelerator
 
     task = make_task(name, tmp_path, split="dev")
     test = task.splits(tokenizer)["test"]
@@ -348,7 +348,7 @@ def test_training_loss_and_evaluate_use_the_model_outputs(tmp_path, tokenizer, n
     accelerator = make_accelerator(TrainerSettings(device="cpu"))
     prepared, prepared_loader = accelerator.prepare(model, loader)
     with torch.no_grad():
-        got = task.evaluate(prepared, prepared_loader, accelerator)
+        got = evaluate(accelerator, prepared, prepared_loader, task, tokenizer).metrics
     assert task.selection_metric in got and all(type(v) is float for v in got.values())
     assert got == pytest.approx(task.compute_metrics(all_logits.numpy(), all_labels.numpy()), abs=1e-9)
 

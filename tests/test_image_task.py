@@ -275,13 +275,15 @@ class FixedLogits(torch.nn.Module):
 def test_evaluate_accuracy_on_known_logits(tmp_path):
     from accelerate import Accelerator
 
+    from framework.trainer import evaluate
+
     task = make_task(tmp_path)
     task.check_data()
     logits = [[2.0, 0.0, 0.0], [0.0, 3.0, 0.0], [0.0, 0.0, 1.0], [5.0, 0.0, 0.0], [0.0, 1.0, 4.0]]
     labels = [0, 1, 1, 2, 2]  # right, right, wrong, wrong, right: 3 of 5
     loader = [{"pixel_values": torch.zeros(3, 3, 16, 16), "labels": torch.tensor(labels[:3])},
               {"pixel_values": torch.zeros(2, 3, 16, 16), "labels": torch.tensor(labels[3:])}]
-    metrics = task.evaluate(FixedLogits(logits), loader, Accelerator(cpu=True))
+    metrics = evaluate(Accelerator(cpu=True), FixedLogits(logits), loader, task, None).metrics
     expected_loss = torch.nn.functional.cross_entropy(torch.tensor(logits), torch.tensor(labels)).item()
     assert metrics["accuracy"] == pytest.approx(0.6) and metrics["loss"] == pytest.approx(expected_loss)
     assert all(type(v) is float for v in metrics.values())

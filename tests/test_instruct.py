@@ -20,6 +20,13 @@ MATH = {"train": {"format": "metamathqa", "path": str(DATA / "math" / "metamathq
                  "math": {"format": "math", "path": str(DATA / "math" / "math_test.jsonl")}}}
 
 
+def evaluate(task, model, loader, tokenizer):
+    """The trainer's evaluation of one split on one process (metrics and gathered outputs)."""
+    from framework.trainer import evaluate
+
+    return evaluate(IdentityAccelerator(), model, loader, task, tokenizer)
+
+
 class IdentityAccelerator:
     """One process: gathering returns its input, the model is not wrapped."""
 
@@ -134,13 +141,14 @@ def test_evaluate_reports_each_test_set_and_their_mean(tokenizer, tiny_llama):
     splits = task.splits(tokenizer)
     loader = torch.utils.data.DataLoader(splits["test"], batch_size=4, collate_fn=task.collate(tokenizer, "test"))
     with torch.no_grad():
-        metrics = task.evaluate(tiny_llama, loader, IdentityAccelerator())
+        scored = evaluate(task, tiny_llama, loader, tokenizer)
+    metrics = scored.metrics
     assert set(metrics) == {"gsm8k", "math", "score"}
     assert metrics["score"] == pytest.approx((metrics["gsm8k"] + metrics["math"]) / 2)
-    assert len(task.samples) == len(splits["test"])
+    assert len(task.samples(scored.outputs)) == len(splits["test"])
     val_loader = torch.utils.data.DataLoader(splits["val"], batch_size=4, collate_fn=task.collate(tokenizer, "val"))
     with torch.no_grad():
-        assert set(task.evaluate(tiny_llama, val_loader, IdentityAccelerator())) == {"score", "accuracy"}
+        assert set(evaluate(task, tiny_llama, val_loader, tokenizer).metrics) == {"score", "accuracy"}
 
 
 def test_loss_selection_for_sources_without_a_score(tokenizer, tiny_llama):
@@ -151,7 +159,7 @@ def test_loss_selection_for_sources_without_a_score(tokenizer, tiny_llama):
     splits = task.splits(tokenizer)
     loader = torch.utils.data.DataLoader(splits["val"], batch_size=2, collate_fn=task.collate(tokenizer, "val"))
     with torch.no_grad():
-        metrics = task.evaluate(tiny_llama, loader, IdentityAccelerator())
+        metrics = evaluate(task, tiny_llama, loader, tokenizer).metrics
         batch = task.collate(tokenizer, "train")(list(splits["val"]))
         expected = task.training_loss(tiny_llama, batch).item()
     assert metrics["score"] == -metrics["loss"] and metrics["loss"] == pytest.approx(expected, rel=1e-5)
@@ -191,11 +199,12 @@ def test_evaluate_reports_the_four_code_columns_and_their_mean(tokenizer, tiny_l
     splits = task.splits(tokenizer)
     loader = torch.utils.data.DataLoader(splits["test"], batch_size=4, collate_fn=task.collate(tokenizer, "test"))
     with torch.no_grad():
-        metrics = task.evaluate(tiny_llama, loader, IdentityAccelerator())
+        scored = evaluate(task, tiny_llama, loader, tokenizer)
+    metrics = scored.metrics
     columns = {"humaneval", "humaneval_plus", "mbpp", "mbpp_plus"}
     assert set(metrics) == columns | {"score"}
     assert metrics["score"] == pytest.approx(np.mean([metrics[c] for c in columns]))
-    assert {"correct", "correct_plus", "generation", "set"} <= set(task.samples[0])
+    assert {"correct", "correct_plus", "generation", "set"} <= set(task.samples(scored.outputs)[0])
 
 
 @pytest.mark.parametrize("plus,message", [
@@ -400,7 +409,7 @@ def test_zero_shot_matches_a_direct_greedy_evaluation(tmp_path):
     accelerator = type("OneProcess", (), {"gather_for_metrics": staticmethod(lambda x: x),
                                           "unwrap_model": staticmethod(lambda m: m)})()
     direct = evaluate(accelerator, model, DataLoader(test, batch_size=4, collate_fn=task.collate(tokenizer, "test")),
-                      task)
+                      task, tokenizer).metrics
     assert result.test_at_best == direct
 
 

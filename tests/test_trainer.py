@@ -20,7 +20,8 @@ def test_a_nan_first_validation_score_never_stands_as_best(tmp_path, monkeypatch
     import framework.trainer as trainer
 
     scores = iter([math.nan, 0.8, 0.9] + [0.5] * 10)
-    monkeypatch.setattr(trainer, "evaluate", lambda accelerator, model, loader, task: {"accuracy": next(scores)})
+    monkeypatch.setattr(trainer, "evaluate", lambda accelerator, model, loader, task, processor:
+                        trainer.Evaluation({"accuracy": next(scores)}, []))
     result = run_in(tmp_path, tiny_overrides() + ["trainer.epochs=3", "trainer.test_every_epoch=false"])
     assert result.best_epoch == 3 and result.best_val == {"accuracy": 0.9}
 
@@ -30,10 +31,12 @@ class _SumOfLogits:
 
     selection_metric = "sum"
 
-    def evaluate(self, model, loader, accelerator):
+    def eval_step(self, model, batch, processor):
         assert not torch.is_grad_enabled(), "evaluation runs without gradients"
-        inputs = torch.arange(3, 19).reshape(2, 8)
-        return {"sum": model(input_ids=inputs).logits.double().sum().item()}
+        return model(input_ids=batch).logits.double()
+
+    def metrics(self, outputs):
+        return {"sum": torch.cat(outputs).sum().item()}
 
 
 def test_evaluation_is_in_eval_mode_so_two_evaluations_agree():
@@ -48,9 +51,10 @@ def test_evaluation_is_in_eval_mode_so_two_evaluations_agree():
         max_position_embeddings=40, hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5))
     model.train()  # as the trainer leaves it after an epoch
     accelerator = Accelerator(cpu=True)
-    first = evaluate(accelerator, model, None, _SumOfLogits())
-    second = evaluate(accelerator, model, None, _SumOfLogits())
-    assert first == second and not model.training
+    batches = [torch.arange(3, 19).reshape(2, 8)]
+    first = evaluate(accelerator, model, batches, _SumOfLogits(), None)
+    second = evaluate(accelerator, model, batches, _SumOfLogits(), None)
+    assert first.metrics == second.metrics and not model.training
 
 
 def test_a_result_write_that_fails_halfway_leaves_the_previous_file_intact(tmp_path, monkeypatch):
@@ -134,3 +138,47 @@ def test_batch_size_is_the_global_batch_of_one_update(tmp_path):
     assert accumulated.distributed["per_device_batch_size"] == 2 and plain.distributed["per_device_batch_size"] == 8
     assert accumulated.distributed["optimizer_steps"] == plain.distributed["optimizer_steps"]
     assert [e["lr"] for e in accumulated.epochs] == [e["lr"] for e in plain.epochs]
+
+
+def test_generations_come_from_the_best_epoch_not_the_last(tmp_path, monkeypatch):
+    """test_every_epoch=true and epoch 1 of 2 the best: generations.jsonl holds epoch 1's test generations, the
+    state its test score comes from (issue 14 §5: it held the last epoch's)."""
+    from conftest import TEST_GLUE
+    from framework.tasks.instruct import InstructTask
+
+    passes = {"epoch": 0, "last": None}
+
+    def generate(self, model, batch, tokenizer):
+        kind = "val" if set(batch["set"]) == {"val"} else "test"
+        if kind == "val" and passes["last"] != "val":
+            passes["epoch"] += 1
+        passes["last"] = kind
+        if kind == "val":  # right answers in epoch 1 only: epoch 1 is the best
+            return [ref if passes["epoch"] == 1 else "neither" for ref in batch["reference"]]
+        return [f"epoch {passes['epoch']}"] * len(batch["set"])
+
+    monkeypatch.setattr(InstructTask, "generate", generate)
+    result = _run(tmp_path, ["method=lora", "model=tiny-llama", "task=sst2-instruct",
+                             f"task.data_dir={TEST_GLUE / 'SST-2'}", "task.template=alpaca", "task.val_size=4",
+                             "tracker=none", "trainer.epochs=2", "trainer.batch_size=4", "trainer.eval_batch_size=8",
+                             "trainer.progress_bar=false", "trainer.test_every_epoch=true",
+                             "method.target_modules=${model.targets.instruct}"])
+    assert result.best_epoch == 1 and [e["val"]["score"] for e in result.epochs] == [1.0, 0.0]
+    generations = [json.loads(line) for line in Path(result.artifacts["generations"]).read_text().splitlines()]
+    assert generations and {g["generation"] for g in generations} == {"epoch 1"}
+
+
+@pytest.mark.parametrize("method", ["c3a", "head"])
+def test_zero_epochs_on_a_new_head_is_refused_before_compute(tmp_path, monkeypatch, method):
+    """A method that trains, a task with a fresh classifier and trainer.epochs=0 would score random head weights
+    as a result: refused as method=zero_shot refuses it."""
+    import framework.trainer as trainer
+    from framework.pipeline import InputError
+
+    def no_compute(*args, **kwargs):
+        raise AssertionError("the run reached the trainer")
+
+    monkeypatch.setattr(trainer, "fit", no_compute)
+    with pytest.raises(InputError, match="trainer.epochs=0 .* random"):
+        _run(tmp_path, tiny_overrides(method=method) + ["trainer.epochs=0"])
+    assert not _results(tmp_path)

@@ -8,9 +8,14 @@ best-epoch selection; it does not know what a batch holds or what a model return
 - ``head()``: the head's constructor arguments (e.g. ``num_labels``) and whether the head trains,
 - ``splits(processor)`` / ``collate(processor, split)``: data, per split,
 - ``training_loss(model, batch)``: a scalar loss,
-- ``evaluate(model, loader, accelerator)``: the split's metrics, ``selection_metric`` among them
-  (called in eval mode under ``torch.no_grad()`` by the trainer),
-- ``artifacts(model, output_dir, tracker)``: anything written once at the end (e.g. sample images).
+- ``eval_step(model, batch, processor)``: one evaluation batch's outputs; the trainer loops over the split
+  in eval mode under ``torch.no_grad()`` and gathers each batch's outputs across processes,
+- ``metrics(outputs)``: the split's metrics from the gathered outputs, ``selection_metric`` among them,
+- ``artifacts(model, output_dir, tracker, test_outputs)``: anything written once at the end (e.g. sample
+  images), from the best state and the gathered outputs of its test pass.
+
+A task keeps no state between these calls: what one needs from another (the tokenizer, the outputs of a
+pass) is passed to it by the trainer.
 """
 from __future__ import annotations
 
@@ -86,11 +91,18 @@ class Task(ABC):
         """The scalar loss of one training batch."""
 
     @abstractmethod
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
-        """Metrics of one split; ``selection_metric`` among them. Gathers across processes itself."""
+    def eval_step(self, model: torch.nn.Module, batch: dict, processor) -> Any:
+        """One evaluation batch's outputs, which the trainer gathers across processes: tensors with the batch as
+        dim 0 (a tensor, or a tuple/dict of them), or a list of per-example records (plain Python values)."""
 
-    def artifacts(self, model: torch.nn.Module, output_dir, tracker) -> dict[str, str]:
-        """Write end-of-run outputs (with the best state loaded); returns {name: path}."""
+    @abstractmethod
+    def metrics(self, outputs: list) -> dict[str, float]:
+        """The split's metrics from every batch's gathered ``eval_step`` outputs, in order; ``selection_metric``
+        among them."""
+
+    def artifacts(self, model: torch.nn.Module, output_dir, tracker, test_outputs: list) -> dict[str, str]:
+        """Write end-of-run outputs (with the best state loaded; ``test_outputs``: the gathered outputs of that
+        state's test pass); returns {name: path}."""
         return {}
 
     def describe(self) -> dict:

@@ -261,12 +261,13 @@ class DreamBoothTask(Task):
             loss = loss + float(self.prior_loss_weight) * losses[prior].mean()
         return loss
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
-        losses = []
-        for batch in loader:
-            out = model(pixel_values=batch["pixel_values"], prompts=batch["prompts"], draw_seeds=batch["draw_seeds"])
-            losses.append(accelerator.gather_for_metrics(self._per_example_loss(out)).cpu())
-        loss = float(torch.cat(losses).mean())
+    def eval_step(self, model: torch.nn.Module, batch: dict, processor) -> torch.Tensor:
+        """The noise-prediction error of each fixed (image, noise, timestep) draw."""
+        return self._per_example_loss(model(pixel_values=batch["pixel_values"], prompts=batch["prompts"],
+                                            draw_seeds=batch["draw_seeds"]))
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        loss = float(torch.cat([losses.cpu() for losses in outputs]).mean())
         return {"neg_loss": -loss, "loss": loss}
 
     # -------------------------------------------------------------- artifacts
@@ -275,7 +276,7 @@ class DreamBoothTask(Task):
             return self.sample_prompts
         return [self.instance_prompt] + ([self.class_prompt] if self.prior_preservation else [])
 
-    def artifacts(self, model: torch.nn.Module, output_dir, tracker) -> dict[str, str]:
+    def artifacts(self, model: torch.nn.Module, output_dir, tracker, test_outputs: list) -> dict[str, str]:
         """The sample grid (PNG, and to the tracker) and, when a CLIP model is available, CLIP scores."""
         from framework.diffusion_model import find_diffusion_model
 

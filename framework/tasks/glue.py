@@ -308,16 +308,15 @@ class GlueTask(Task):
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         return self.loss(model(**inputs).logits, batch["labels"])
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
-        """Teacher-forced logits of the whole split, gathered across processes, then the GLUE metric."""
-        all_logits, all_labels = [], []
-        for batch in loader:
-            inputs = {k: v for k, v in batch.items() if k != "labels"}
-            logits = model(**inputs).logits.float()
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
-            all_logits.append(logits.cpu())
-            all_labels.append(labels.cpu())
-        return self.compute_metrics(torch.cat(all_logits).numpy(), torch.cat(all_labels).numpy())
+    def eval_step(self, model: torch.nn.Module, batch: dict, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced logits of one batch, with its labels."""
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return model(**inputs).logits.float(), batch["labels"]
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        """The GLUE metric over the whole split's logits."""
+        return self.compute_metrics(torch.cat([logits.cpu() for logits, _ in outputs]).numpy(),
+                                    torch.cat([labels.cpu() for _, labels in outputs]).numpy())
 
     def compute_metrics(self, predictions, references) -> dict[str, float]:
         logits = np.asarray(predictions)

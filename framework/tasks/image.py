@@ -351,12 +351,14 @@ class ImageClassificationTask(Task):
     def training_loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
         return F.cross_entropy(self._logits(model, batch), batch["labels"])
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
+    def eval_step(self, model: torch.nn.Module, batch: dict, processor) -> tuple[torch.Tensor, ...]:
+        """Per example: the predicted class, the label and the cross-entropy."""
+        logits = self._logits(model, batch)
+        return logits.argmax(-1), batch["labels"], F.cross_entropy(logits, batch["labels"], reduction="none")
+
+    def metrics(self, outputs: list) -> dict[str, float]:
         correct, total, loss_sum = 0, 0, 0.0
-        for batch in loader:
-            logits = self._logits(model, batch)
-            losses = F.cross_entropy(logits, batch["labels"], reduction="none")
-            predicted, labels, losses = accelerator.gather_for_metrics((logits.argmax(-1), batch["labels"], losses))
+        for predicted, labels, losses in outputs:
             correct += int((predicted == labels).sum())
             total += int(labels.numel())
             loss_sum += float(losses.sum())

@@ -75,8 +75,6 @@ class InstructTask(Task):
         self.cache_dir = None if cache_dir is None else Path(cache_dir).expanduser()
         self._examples: Optional[dict[str, list[Example]]] = None
         self._info: dict[str, Any] = {}
-        self._tokenizer = None
-        self.samples: list[dict] = []
         self.validate()
 
     # ---------------------------------------------------------------------------------- checks
@@ -215,7 +213,6 @@ class InstructTask(Task):
     def _use_tokenizer(self, tokenizer) -> None:
         self.check_data()
         self._info["pad_token_set_to"] = ensure_pad_token(tokenizer) or self._info.get("pad_token_set_to")
-        self._tokenizer = tokenizer
 
     def _test_split(self, tokenizer) -> ListDataset:
         """The test sets as one generation split (each row knows its set)."""
@@ -259,7 +256,6 @@ class InstructTask(Task):
 
     def collate(self, tokenizer, split: str) -> Callable[[list[dict]], dict]:
         ensure_pad_token(tokenizer)
-        self._tokenizer = tokenizer
         pad = tokenizer.pad_token_id
 
         def lm_batch(rows: list[dict]) -> dict:
@@ -328,35 +324,44 @@ class InstructTask(Task):
                 return list(pool.map(one, indices))
         return [one(i) for i in indices]
 
-    def evaluate(self, model: torch.nn.Module, loader, accelerator) -> dict[str, float]:
-        """Generation scores per set (val: ``accuracy``; test: one per set and their mean), or the
-        answer-token loss for a val split built for ``val_metric=loss``; gathered across processes."""
-        if self._tokenizer is None:
-            raise RuntimeError("evaluate() before collate(): the task has no tokenizer yet")
-        flags_by_set: dict[str, list[bool]] = {}
-        samples, nll_total, tokens = [], 0.0, 0
-        for batch in loader:
-            if "labels" in batch:  # teacher-forced answer-token loss
-                nll, count = self._answer_nll(model, batch)
-                nll, count = accelerator.gather_for_metrics((nll, count))
-                nll_total, tokens = nll_total + float(nll.sum()), tokens + int(count.sum())
-                continue
-            texts = self.generate(accelerator.unwrap_model(model), batch, self._tokenizer)
-            records = list(zip(batch["set"], self.score(texts, batch), texts))
-            for set_name, verdict, text in accelerator.gather_for_metrics(records):
-                for kind, flag in verdict.items():  # "base" scores the set, "plus" the set's EvalPlus twin
-                    flags_by_set.setdefault(set_name if kind == "base" else f"{set_name}_{kind}", []).append(bool(flag))
-                if len(samples) < self.keep_samples:
-                    samples.append({"set": set_name, "correct": verdict["base"], **{
-                        f"correct_{k}": v for k, v in verdict.items() if k != "base"}, "generation": text})
+    def eval_step(self, model: torch.nn.Module, batch: dict, tokenizer) -> Any:
+        """A val batch built for ``val_metric=loss``: per row, the answer tokens' summed loss and count (tensors);
+        a generation batch: per row, a record of its set, its verdict and the generation."""
+        if "labels" in batch:  # teacher-forced answer-token loss
+            nll, count = self._answer_nll(model, batch)
+            return {"nll": nll, "tokens": count}
+        texts = self.generate(model, batch, tokenizer)
+        return [{"set": set_name, "verdict": {k: bool(v) for k, v in verdict.items()}, "generation": text}
+                for set_name, verdict, text in zip(batch["set"], self.score(texts, batch), texts)]
+
+    def metrics(self, outputs: list) -> dict[str, float]:
+        """Generation scores per set (val: ``accuracy``; test: one per set and their mean), or minus the
+        answer-token loss for a val split built for ``val_metric=loss``."""
+        nll_total, tokens = 0.0, 0
+        for losses in (o for o in outputs if isinstance(o, dict)):
+            nll_total, tokens = nll_total + float(losses["nll"].sum()), tokens + int(losses["tokens"].sum())
         if tokens:
             return {"score": -nll_total / tokens, "loss": nll_total / tokens}
-        self.samples = samples
+        flags_by_set: dict[str, list[bool]] = {}
+        for record in self._records(outputs):
+            for kind, flag in record["verdict"].items():  # "base" scores the set, "plus" the set's EvalPlus twin
+                name = record["set"] if kind == "base" else f"{record['set']}_{kind}"
+                flags_by_set.setdefault(name, []).append(flag)
         if set(flags_by_set) == {"val"}:
             value = answers.accuracy(flags_by_set["val"])
             return {"score": value, "accuracy": value}
         metrics = {name: answers.accuracy(flags) for name, flags in flags_by_set.items()}
         return {**metrics, "score": float(np.mean(list(metrics.values())))}
+
+    @staticmethod
+    def _records(outputs: list) -> list[dict]:
+        return [record for batch in outputs if isinstance(batch, list) for record in batch]
+
+    def samples(self, outputs: list) -> list[dict]:
+        """The first ``keep_samples`` generations of a pass, with their verdicts (``generations.jsonl``)."""
+        return [{"set": r["set"], "correct": r["verdict"]["base"],
+                 **{f"correct_{k}": v for k, v in r["verdict"].items() if k != "base"}, "generation": r["generation"]}
+                for r in self._records(outputs)[:self.keep_samples]]
 
     @staticmethod
     def _answer_nll(model, batch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -368,15 +373,14 @@ class InstructTask(Task):
         return nll, (labels != IGNORE).sum(dim=1)
 
     # --------------------------------------------------------------------------------- records
-    def artifacts(self, model, output_dir, tracker) -> dict[str, str]:
-        """The first generations of the last evaluation (with the best state: the final test pass)."""
-        if not self.samples:
+    def artifacts(self, model, output_dir, tracker, test_outputs: list) -> dict[str, str]:
+        """The first generations of the best state's test pass, with their verdicts."""
+        samples = self.samples(test_outputs)
+        if not samples:
             return {}
-        import json
-
         path = Path(output_dir) / "generations.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(json.dumps(s) + "\n" for s in self.samples), encoding="utf-8")
+        path.write_text("".join(json.dumps(s) + "\n" for s in samples), encoding="utf-8")
         return {"generations": str(path)}
 
     def describe(self) -> dict:
