@@ -139,6 +139,10 @@ def build_report(results_dir, memory_dirs=DEFAULT_MEMORY_DIRS, reference: str | 
     frame = curves(runs)
     curve_imgs = [f"<h3>{_esc(model)}</h3>" + _img(data_uri(learning_curves(frame, model)), f"{model} learning curves")
                   for model in dict.fromkeys(frame["model"])]
+    with_test = sum(1 for _, r in runs if any("test" in e for e in r.epochs))
+    curve_imgs.insert(0, f'<p class="caption">The selection metric per epoch from each run file. Test scores per '
+                         f'epoch are recorded only with trainer.test_every_epoch=true: {with_test} of {len(runs)} '
+                         f'run(s) here have them; every run has its test score at the best validation epoch.</p>')
     prov = provenance(runs, tables_by_spec)
     page = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',

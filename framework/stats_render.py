@@ -62,9 +62,9 @@ def _task_text(table, row, task: str, same: str) -> str:
         return "no reference row"
     text = comparison.difference.show(signed=True)
     if comparison.distinguishable is False:
-        text += f" {same}"
+        text += f" {same} not distinguishable"
     if comparison.improvement is not None:
-        text += f" P={comparison.improvement:.2f}"
+        text += f", P={comparison.improvement:.2f}"
     return text
 
 

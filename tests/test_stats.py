@@ -125,7 +125,8 @@ def test_identical_methods_in_result_files(tmp_path):
     md = render_markdown(tables)
     paper_part, stats_part = md.split("#### ")
     assert paper_part.count("≈") == same + 1  # each such cell, plus its footnote
-    assert stats_part.count(" ≈ P=") == same
+    assert stats_part.count(" ≈ not distinguishable, P=") == same
+    assert stats_part.count(" reference |") == 4 * 6  # each model's C3A row, every task
     assert "reference" in stats_part and "mean " in stats_part and "IQM " in stats_part
     tex = render_latex(tables)
     assert tex.count(r"\approx") >= 2 * same  # marked in the paper table and in the statistics table
@@ -193,3 +194,18 @@ def test_shipped_minilm_results():
     assert md.count("(no CI: only 2 seeds (a CI needs 3))") == 3 * 4  # 3 rows compared x 4 tasks
     assert md.count("(no CI: mrpc: only 2 seeds (a CI needs 3))") == 4  # every row's Avg
     assert render_markdown(build_tables(MINILM, SPEC)[1]) == md
+
+
+def test_reference_is_the_c3a_row_with_most_seeds_then_the_first(tmp_path):
+    for seed in range(3):
+        add_run(tmp_path, seed=seed, label="C3A b=1", params=18432, config_hash="cfgb1")
+        add_run(tmp_path, seed=seed, label="C3A b=6")
+    add_run(tmp_path, seed=3, label="C3A b=6")
+    add_run(tmp_path, seed=0, model="roberta-large", label="C3A b=8", params=393216)
+    add_run(tmp_path, seed=0, model="roberta-large", label="C3A b=1", params=49152, config_hash="cfgb1")
+    (table,) = build_tables(tmp_path, SPEC)[1]
+    assert table.references == {"Base": "C3A b=6", "Large": "C3A b=1"}  # most seeds; a tie: the table's order
+    b1 = next(r for r in table.rows if r.model_row == "Base" and r.label == "C3A b=1")
+    assert table.row_stats(b1).versus["rte"].reference == "C3A b=6"
+    (table,) = build_tables(tmp_path, SPEC, reference="C3A b=1")[1]
+    assert table.references == {"Base": "C3A b=1", "Large": "C3A b=1"}
