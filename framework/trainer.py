@@ -37,6 +37,7 @@ from framework.rng import rng_state, seed_everything, set_rng_state
 from framework.tasks.base import Task
 from framework.trainer_settings import TrainerSettings
 
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or inf: the run is recorded as failed."""
 
