@@ -14,6 +14,7 @@ import pandas as pd
 
 from framework.experiments import TableSpec
 from framework.results import RunResult, iter_results
+from framework.stats import MIN_SEEDS
 from framework.tables import GIB, Table, method_label, protocol_key
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,23 +75,24 @@ def speed_and_memory(runs) -> pd.DataFrame:
                                        "peak_gib", "memory_kind", "devices"])
 
 
-def run_command(spec: TableSpec, row, task: str, seeds: int | None) -> str:
+def run_command(spec: TableSpec, row, task: str, seeds: int) -> str:
     """The command that fills one (declared row, task) cell."""
-    parts = ["python run.py -m", *row.overrides_for_compose(), f"task={spec.task(task).task}"]
-    if seeds:
-        parts.append("seed=" + ",".join(str(s) for s in range(seeds)))
+    parts = ["python run.py -m", *row.overrides_for_compose(), f"task={spec.task(task).task}",
+             "seed=" + ",".join(str(s) for s in range(seeds))]
     return " ".join(parts)
 
 
 def missing_cells(spec: TableSpec, tables: list[Table]) -> pd.DataFrame:
     """Every (row, task) with no completed seed, and the command that fills it: declared rows get their
-    preset's command; a row of ours the spec does not declare is named with what to change."""
+    preset's command (seeds: as many as the table's runs intend, at least the 3 a CI needs); a row of ours
+    the spec does not declare is named with what to change."""
     present = {}
     for table in tables:
         for row in table.rows:
             for task, cell in row.cells.items():
                 present[(row.model_row, row.label, task)] = max(present.get((row.model_row, row.label, task), 0), cell.n)
-    seeds = max([c.expected or 0 for t in tables for r in t.rows for c in r.cells.values()], default=0) or None
+    # as many seeds as this table's runs intend, and never fewer than a CI needs
+    seeds = max([MIN_SEEDS] + [c.expected or 0 for t in tables for r in t.rows for c in r.cells.values()])
     records = []
     for row in spec.rows:
         model_row = spec.model_row(row.model)

@@ -103,7 +103,7 @@ def test_page_structure_on_a_demo_shaped_folder(demo_results, tmp_path):
     assert "Minilm" in words or "minilm" in words
     assert "1 failed" in words and "RuntimeError: out of memory at step 12" in words  # failed run, its error line
     assert "no CI: only 1 seed (a CI needs 3)" in words  # why no CI
-    assert "python run.py -m experiment=table2/base_lora task=sst2" in words  # a missing cell's command
+    assert "python run.py -m experiment=table2/base_lora task=sst2 seed=0,1,2" in words  # a missing cell's command
     assert "not run yet" in words and "62.58" in words  # the memory estimate for what is not run
     assert "abc1234def" in words and "holdout" in words and "ffffffffffff" in words  # provenance
 
