@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Head, Method, freeze_all, head_parameters
+from framework.method import Method, freeze_all, head_parameters
+from framework.models import Head
 
 
 def backbone_biases(model: nn.Module, head: Head) -> list[tuple[str, nn.Parameter]]:

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Head, Method
+from framework.method import Method
+from framework.models import Head
 
 
 class FullMethod(Method):

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Head, Method, freeze_all
+from framework.method import Method, freeze_all
+from framework.models import Head
 
 
 class HeadOnlyMethod(Method):

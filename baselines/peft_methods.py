@@ -12,7 +12,8 @@ from abc import abstractmethod
 
 from torch import nn
 
-from framework.method import Adapted, Head, Method, in_modules, linear_layer_names
+from framework.method import Adapted, Method, in_modules, linear_layer_names
+from framework.models import Head
 
 
 def _as_targets(targets) -> str | list[str]:

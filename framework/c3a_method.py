@@ -9,7 +9,8 @@ from torch import nn
 
 from c3a.adapter import add_c3a, c3a_layers, plan_c3a
 from c3a.config import C3AConfig
-from framework.method import Head, Method, freeze_all
+from framework.method import Method, freeze_all
+from framework.models import Head
 
 
 class C3AMethod(Method):

@@ -369,29 +369,10 @@ def compose_row(row: SpecRow, extra_overrides: tuple[str, ...] | list[str] = ())
     return cfg
 
 
-@dataclass
-class BuiltRow:
-    cfg: Any
-    task: Any  # framework.tasks.base.Task
-    method: Any  # framework.method.Method
-    adapted: Any  # framework.method.Adapted
+def build_row(row: SpecRow, weights: str, extra_overrides: tuple[str, ...] | list[str] = ()):
+    """Compose the row and assemble it as the pipeline does (``framework.assembly.assemble``; ``weights``:
+    ``"meta"`` to count, ``"random"`` to train), without the run's input checks: the row may be built on a
+    stand-in model (``extra_overrides``). Returns the ``Assembly``."""
+    from framework.assembly import assemble
 
-
-def build_row(row: SpecRow, weights: str, extra_overrides: tuple[str, ...] | list[str] = ()) -> BuiltRow:
-    """Compose the row, build its model through the one model builder for the task's kind and head, and apply
-    its method, as the pipeline does (``weights``: ``"meta"`` to count, ``"random"`` to train)."""
-    return build_config(compose_row(row, extra_overrides), weights)
-
-
-def build_config(cfg, weights: str) -> BuiltRow:
-    """``build_row`` for a config already composed."""
-    from hydra.utils import instantiate
-
-    from framework import models
-    from framework.method import Head
-
-    task = instantiate(cfg.task, _convert_="all")
-    head = Head(models.head_modules(cfg.model, task.model_kind), trains=task.head().trains)
-    model = models.build_model(cfg.model, task.model_kind, task.head(), weights=weights)
-    method = instantiate(cfg.method, _convert_="all")
-    return BuiltRow(cfg, task, method, method.apply(model, head))
+    return assemble(compose_row(row, extra_overrides), weights, check_input=False)

@@ -99,12 +99,12 @@ def _nbytes(tensors) -> int:
 
 
 def build_on_meta(cfg):
-    """The run's adapted model on the meta device (shapes only), as ``framework.experiments.build_config``
-    builds it; returns that ``BuiltRow``."""
-    from framework.experiments import build_config
+    """The run's adapted model on the meta device (shapes only), assembled as the pipeline assembles it (without
+    the run's input checks: ``--on-model`` stands a small model in); returns the ``Assembly``."""
+    from framework.assembly import assemble
 
     with torch.device("meta"), _meta_safe_boft():
-        return build_config(cfg, weights="meta")
+        return assemble(cfg, weights="meta", check_input=False)
 
 
 def estimate(cfg, batch_size: int, seq_len: int) -> Estimate:

@@ -3,30 +3,19 @@
 A pipeline only ever calls ``method.validate(model, head)`` (before any compute) and
 ``method.apply(model, head)``; it never looks at which method it holds. Methods are built from
 ``conf/method/*.yaml`` with ``hydra.utils.instantiate`` (``_target_`` names the class), so there is
-no name registry to keep in sync. ``head`` says which modules form the task head and whether they
-train: a classifier trains with its own learning rate, a causal LM's ``lm_head`` stays frozen. A frozen
-head tied to the input embeddings (many causal LMs) freezes those embeddings too, even under full
-fine-tuning: they are one tensor.
+no name registry to keep in sync. ``head`` (``framework.models.Head``: models own heads) says which
+modules form the task head and whether they train: a classifier trains with its own learning rate, a
+causal LM's ``lm_head`` stays frozen. A frozen head tied to the input embeddings (many causal LMs)
+freezes those embeddings too, even under full fine-tuning: they are one tensor.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Head:
-    """The task head inside a model: module-name components, and whether its parameters train."""
-
-    modules: tuple[str, ...]
-    trains: bool = True
-
-    def __init__(self, modules: Sequence[str], trains: bool = True):
-        object.__setattr__(self, "modules", tuple(modules))
-        object.__setattr__(self, "trains", bool(trains))
+from framework.models import Head, in_modules
 
 
 @dataclass
@@ -101,16 +90,6 @@ def row_label(method: Method, configured: str | None = None) -> str:
     """The label a run's result and its table row carry: ``configured`` (the config's ``method_label``; a paper
     preset sets the paper's, e.g. "C3A b=4096/32"), else the method's own (e.g. "LoRA r=8")."""
     return configured or method.describe().get("label", method.name)
-
-
-def in_modules(name: str, modules: Sequence[str]) -> bool:
-    """Whether a qualified name lies in one of ``modules`` (matched by name component).
-
-    ``classifier`` matches ``classifier.dense.weight`` and ``base_model.model.classifier.out_proj.bias``
-    alike (PEFT wrappers add prefixes).
-    """
-    parts = set(name.split("."))
-    return any(m in parts for m in modules)
 
 
 def head_parameters(model: nn.Module, head: Head) -> list[tuple[str, nn.Parameter]]:

@@ -1,4 +1,4 @@
-"""One run from a composed config: validate → build → adapt → fit → write the result.
+"""One run from a composed config: validate → assemble (``framework.assembly``) → fit → write the result.
 
 Everything checkable is checked before any training compute (trainer settings, names, data files,
 block sizes against the model's layer shapes on a weightless skeleton, sequence length against the
@@ -20,8 +20,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from framework import models, results
+from framework.assembly import assemble
 from framework.fingerprint import fingerprint, same_data
-from framework.method import Adapted, Head, Method, row_label
+from framework.method import Adapted, Method, row_label
 from framework.tasks.base import Task
 from framework.trainer import CHECKPOINT_FILE, TrainerSettings
 
@@ -50,7 +51,6 @@ class Prepared:
     task: Task
     tracker: Any
     settings: TrainerSettings
-    head: Head
     seed: int
     processor: Any  # the model's tokenizer / image processor (None for a task that takes none)
 
@@ -72,12 +72,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         task: Task = instantiate(cfg.task, _convert_="all")
         tracker = instantiate(cfg.tracker)
         task.validate()
-        models.check_source(cfg.model)
-        spec = task.head()
-        head = Head(models.head_modules(cfg.model, task.model_kind), trains=spec.trains)
-        skeleton = models.build_model(cfg.model, task.model_kind, spec, weights="meta")
-        task.check_model(getattr(skeleton, "config", None))
-        method.validate(skeleton, head)
+        assemble(cfg, weights="meta", task=task, method=method, apply=False)  # the skeleton: checks, no compute
         _check_training(settings, method, task)
         task.check_data()
         processor = models.build_processor(cfg.model, task.processor_kind)  # loads files only: no compute
@@ -86,7 +81,7 @@ def prepare(cfg: DictConfig) -> Prepared:
         raise InputError(str(err.__cause__ or err)) from err
     except (ValueError, FileNotFoundError, OSError) as err:
         raise InputError(str(err)) from err
-    return Prepared(method, task, tracker, settings, head, int(seed), processor)
+    return Prepared(method, task, tracker, settings, int(seed), processor)
 
 
 def _check_training(settings: TrainerSettings, method: Method, task: Task) -> None:
@@ -215,8 +210,7 @@ def _execute(cfg: DictConfig, prepared: Prepared, resolved: dict, rid: str, path
         splits = task.splits(processor)
         result.task_details = task.describe()
         torch.manual_seed(prepared.seed)  # head and adapter initialisation depend on the seed
-        model = models.build_model(cfg.model, task.model_kind, task.head())
-        adapted: Adapted = method.apply(model, prepared.head)
+        adapted: Adapted = assemble(cfg, task=task, method=method).adapted
         result.params = {"trainable_excl_head": adapted.num_adapter_params(), "head": adapted.num_head_params(),
                          "trainable_total": adapted.num_adapter_params() + adapted.num_head_params(),
                          "total": models.count_parameters(adapted.model)}

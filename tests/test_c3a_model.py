@@ -12,7 +12,7 @@ from c3a.layer import C3ALinear
 from c3a.adapter import (active_adapters, add_c3a, c3a_layers, disable_adapters, enable_adapters, load_c3a,
                          merge_adapters, merge_and_unload, plan_c3a, save_c3a, set_adapters, unmerge_adapters)
 from framework.c3a_method import C3AMethod
-from framework.method import Head
+from framework.models import Head
 
 HEAD = ["classifier"]
 CLASSIFIER = Head(HEAD)  # the framework's view of the same head: it trains

@@ -64,11 +64,10 @@ def _task(tmp_path: Path, instance_dir: Path, *extra: str):
 
 
 def _tiny_model(tmp_path: Path, weights: str = "random"):
-    from framework.models import build_model
-    from framework.tasks.base import HeadSpec
+    from framework.models import Head, build_model
 
     torch.manual_seed(0)
-    return build_model(_model_entry(tmp_path), "diffusion", HeadSpec(trains=False), weights)
+    return build_model(_model_entry(tmp_path), "diffusion", Head(trains=False), weights)
 
 
 class _Gather:
@@ -107,11 +106,10 @@ def test_meta_skeleton_has_the_shapes_and_no_weights(tmp_path):
                                                 ("sd21", 865_910_724, 83_653_863, 340_387_840)])
 def test_stable_diffusion_entries_build_the_published_shapes(tmp_path, name, unet, vae, text):
     """The architecture blocks reproduce the checkpoints' parameter counts (meta: no memory, no download)."""
-    from framework.models import build_model
-    from framework.tasks.base import HeadSpec
+    from framework.models import Head, build_model
 
     entry = {**_model_entry(tmp_path, name), "pretrained": None}
-    model = build_model(entry, "diffusion", HeadSpec(trains=False), "meta")
+    model = build_model(entry, "diffusion", Head(trains=False), "meta")
     counts = [sum(p.numel() for p in part.parameters()) for part in (model.unet, model.vae, model.text_encoder)]
     assert counts == [unet, vae, text]
     from c3a.adapter import plan_c3a
@@ -152,7 +150,7 @@ def test_training_loss_and_fixed_draw_evaluation(tmp_path):
 
 
 def test_prior_preservation_generates_class_images_once_and_trains_on_them(tmp_path, monkeypatch):
-    import framework.diffusion_model as dm
+    import framework.models as models
 
     extra = ["task.prior_preservation=true", "task.class_prompt=a photo of a thing", "task.num_class_images=3",
              "task.sample_batch_size=2"]
@@ -168,7 +166,7 @@ def test_prior_preservation_generates_class_images_once_and_trains_on_them(tmp_p
     def no_model(*args, **kwargs):
         raise AssertionError("class images were generated again")
 
-    monkeypatch.setattr(dm, "build_diffusion_model", no_model)
+    monkeypatch.setattr(models, "build_model", no_model)  # the one door to a model
     again, _ = _task(tmp_path, tmp_path / "subject", *extra)
     again.splits(None)
     assert again.describe()["class_images"] == {**cached, "found": 3, "generated": 0}
@@ -343,7 +341,7 @@ def test_other_methods_adapt_only_the_unet_and_take_a_step(tmp_path, method):
     from hydra.utils import instantiate
 
     from framework import models
-    from framework.method import Head
+    from framework.models import Head
 
     cfg = compose_cfg(_overrides(_make_images(tmp_path / "subject"), method), tmp_path)
     entry = _model_entry(tmp_path)
@@ -374,10 +372,9 @@ def test_head_only_is_refused_before_compute(tmp_path):
 
 def test_resolution_factor_is_the_vae_times_the_unet_down_sampling(tmp_path):
     """SD 1.5: the VAE halves three times (8) and the UNet three more (8): sides must be multiples of 64."""
-    from framework.models import build_model
-    from framework.tasks.base import HeadSpec
+    from framework.models import Head, build_model
 
-    spec = build_model({**_model_entry(tmp_path, "sd15"), "pretrained": None}, "diffusion", HeadSpec(trains=False),
+    spec = build_model({**_model_entry(tmp_path, "sd15"), "pretrained": None}, "diffusion", Head(trains=False),
                        "meta").config
     assert (spec.vae_scale_factor, spec.unet_downsample_factor) == (8, 8)
     task, _ = _task(tmp_path, _make_images(tmp_path / "subject"), "task.resolution=520")

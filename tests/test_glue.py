@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from framework import hub
-from framework.tasks.base import HeadSpec
+from framework.models import Head
 from framework.tasks.glue import METRIC_DIR, GlueTask
 from framework.tasks.glue_data import GLUE_TASKS, read_glue_tsv
 
@@ -304,10 +304,10 @@ def test_offline_hub_without_cache_fails_within_seconds(tmp_path):
 # ------------------------------------------------------- head, loss, metrics
 def test_head_and_loss(tmp_path):
     rte, sts = make_task("rte", tmp_path), make_task("stsb", tmp_path)
-    assert rte.head() == HeadSpec(model_kwargs={"num_labels": 2, "problem_type": "single_label_classification"},
-                                  trains=True, fresh=True)  # a task's classifier is its own, never a checkpoint's
-    assert sts.head() == HeadSpec(model_kwargs={"num_labels": 1, "problem_type": "regression"}, trains=True,
-                                  fresh=True)
+    assert rte.head() == Head(model_kwargs={"num_labels": 2, "problem_type": "single_label_classification"},
+                              trains=True, fresh=True)  # a task's classifier is its own, never a checkpoint's
+    assert sts.head() == Head(model_kwargs={"num_labels": 1, "problem_type": "regression"}, trains=True,
+                              fresh=True)
     logits, labels = torch.randn(4, 2), torch.tensor([0, 1, 1, 0])
     assert torch.allclose(rte.loss(logits, labels), F.cross_entropy(logits, labels))
     scores, targets = torch.randn(4, 1), torch.tensor([0.5, 4.0, 2.2, 3.1])

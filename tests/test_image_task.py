@@ -297,9 +297,9 @@ def test_evaluate_accuracy_on_known_logits(tmp_path):
 # ------------------------------------------------------------------------------------------- models
 def test_vit_targets_are_query_and_value_linears():
     from framework import models
-    from framework.tasks.base import HeadSpec
+    from framework.models import Head
 
-    model = models.build_model(tiny_model_cfg(), "image-classification", HeadSpec({"num_labels": 3}))
+    model = models.build_model(tiny_model_cfg(), "image-classification", Head(model_kwargs={"num_labels": 3}))
     linear = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)]
     for target in tiny_model_cfg()["targets"]["attention"]:
         assert sum(n.endswith(f"attention.{target}") for n in linear) == 2  # one per layer
@@ -355,8 +355,7 @@ def test_paper_parameter_counts(size, c3a, lora, backbone):
     from baselines.peft_methods import LoRAMethod
     from framework import models
     from framework.c3a_method import C3AMethod
-    from framework.method import Head
-    from framework.tasks.base import HeadSpec
+    from framework.models import Head
 
     entry = OmegaConf.load(CONF / "model" / "vit-base.yaml")
     if size == "large":
@@ -365,7 +364,7 @@ def test_paper_parameter_counts(size, c3a, lora, backbone):
     targets = entry["targets"]["attention"]
     for method, expected in ((C3AMethod(b=None, block_size=64, target_modules=targets), c3a),
                              (LoRAMethod(targets, r=16, lora_alpha=16), lora), (FullMethod(), backbone)):
-        model = models.build_model(entry, "image-classification", HeadSpec({"num_labels": 37}), weights="meta")
+        model = models.build_model(entry, "image-classification", Head(model_kwargs={"num_labels": 37}), weights="meta")
         assert method.apply(model, Head(["classifier"])).num_adapter_params() == expected
 
 

@@ -52,10 +52,9 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def tiny_llama(tokenizer):
     from framework import models
-    from framework.tasks.base import HeadSpec
 
     torch.manual_seed(0)
-    return models.build_model(model_entry(), "causal-lm", HeadSpec(trains=False)).eval()
+    return models.build_model(model_entry(), "causal-lm", models.Head(trains=False)).eval()
 
 
 def math_task(**overrides) -> InstructTask:

@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from transformers import RobertaConfig, RobertaForCausalLM, RobertaForSequenceClassification
 
-from framework.method import Head
+from framework.models import Head
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 HEAD = Head(["classifier"])

@@ -5,7 +5,8 @@ best-epoch selection; it does not know what a batch holds or what a model return
 
 - ``model_kind``: which model class the one model builder makes (``framework.models.MODEL_KINDS``),
 - ``processor_kind``: which input processor (a tokenizer, an image processor, or none),
-- ``head()``: the head's constructor arguments (e.g. ``num_labels``) and whether the head trains,
+- ``head()``: a ``framework.models.Head`` with the head's config arguments (e.g. ``num_labels``) and whether
+  it trains,
 - ``splits(processor)`` / ``collate(processor, split)``: data, per split,
 - ``training_loss(model, batch)``: a scalar loss,
 - ``eval_step(model, batch, processor)``: one evaluation batch's outputs; the trainer loops over the split
@@ -20,27 +21,13 @@ pass) is passed to it by the trainer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import torch
 
+from framework.models import Head
+
 PROCESSOR_KINDS = ("tokenizer", "image_processor", "none")
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    """What the task asks of the model's head.
-
-    ``model_kwargs`` go to the model's config (``num_labels``, ``problem_type``, ``id2label``...);
-    ``trains`` says whether the head's parameters are trained (a classifier: yes; an LM head: no);
-    ``fresh`` that the head belongs to the task's own classes, so a head the checkpoint happens to fill
-    (a classifier with the same class count) is initialised anew, as a missing one is.
-    """
-
-    model_kwargs: Mapping[str, Any] = field(default_factory=dict)
-    trains: bool = True
-    fresh: bool = False
 
 
 class Task(ABC):
@@ -76,7 +63,9 @@ class Task(ABC):
         return True
 
     @abstractmethod
-    def head(self) -> HeadSpec: ...
+    def head(self) -> Head:
+        """What the task asks of the model's head (``model_kwargs``, ``trains``, ``fresh``); the model entry
+        names its modules (``framework.models.locate_head``)."""
 
     @abstractmethod
     def splits(self, processor) -> dict[str, Any]:

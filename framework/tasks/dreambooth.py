@@ -25,9 +25,10 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-from framework import hub
+from framework import hub, models
 from framework.io import atomic_write, atomic_write_text
-from framework.tasks.base import HeadSpec, Task
+from framework.models import DiffusionSpec, Head, find_diffusion_model
+from framework.tasks.base import Task
 from framework.tasks.dreambooth_data import (
     DreamBoothTrainSet,
     FixedDraws,
@@ -145,8 +146,6 @@ class DreamBoothTask(Task):
         return [self.instance_dir] if self.instance_dir is not None else []
 
     def check_model(self, model_config) -> None:
-        from framework.diffusion_model import DiffusionSpec
-
         if not isinstance(model_config, DiffusionSpec):
             raise ValueError(f"task dreambooth needs a diffusion model (e.g. model=sd15, model=tiny-sd), "
                              f"got config {type(model_config).__name__}")
@@ -175,8 +174,8 @@ class DreamBoothTask(Task):
         if self.prior_preservation and self.class_dir is not None and self.class_dir.is_dir():
             self._classes_given = read_images(self.class_dir, "task.class_dir")
 
-    def head(self) -> HeadSpec:
-        return HeadSpec(model_kwargs={}, trains=False)  # the VAE and text encoder stay frozen
+    def head(self) -> Head:
+        return Head(model_kwargs={}, trains=False)  # the VAE and text encoder stay frozen
 
     # ------------------------------------------------------------------- data
     def _class_folder(self) -> Path:
@@ -203,10 +202,8 @@ class DreamBoothTask(Task):
 
     def _generate_class_images(self, folder: Path, start: int, count: int) -> None:
         """The base model (before any adapter) draws ``count`` images of the class prompt, saved as PNG."""
-        from framework.diffusion_model import build_diffusion_model
-
         torch.manual_seed(CLASS_SEEDS)  # a random-weight base model is the same one on every run
-        base = build_diffusion_model(self.base_model, self.head(), "pretrained")
+        base = models.build_model(self.base_model, self.model_kind, self.head(), "pretrained")
         base.to("cuda" if torch.cuda.is_available() else "cpu").eval()
         pipeline = base.sampling_pipeline(self.sampler)
         for first in range(start, start + count, self.sample_batch_size):
@@ -278,8 +275,6 @@ class DreamBoothTask(Task):
 
     def artifacts(self, model: torch.nn.Module, output_dir, tracker, test_outputs: list) -> dict[str, str]:
         """The sample grid (PNG, and to the tracker) and, when a CLIP model is available, CLIP scores."""
-        from framework.diffusion_model import find_diffusion_model
-
         diffusion = find_diffusion_model(model)
         pipeline = diffusion.sampling_pipeline(self.sampler)
         prompts = self.prompts_to_sample()

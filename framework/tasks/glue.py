@@ -34,8 +34,8 @@ import torch.nn.functional as F
 
 from framework.checks import is_int
 from framework.fingerprint import file_sha256, tokenizer_fingerprint
-from framework.models import position_limit
-from framework.tasks.base import HeadSpec, Task
+from framework.models import Head, position_limit
+from framework.tasks.base import Task
 from framework.tasks.glue_data import (
     GLUE_TASKS,
     RawSplit,
@@ -152,10 +152,10 @@ class GlueTask(Task):
     def data_files(self) -> list:
         return [] if self.data_dir is None else sorted(resolve_task_folder(self.data_dir, self.spec).glob("*.tsv"))
 
-    def head(self) -> HeadSpec:
+    def head(self) -> Head:
         problem = "regression" if self.spec.is_regression else "single_label_classification"
-        return HeadSpec(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True,
-                        fresh=True)
+        return Head(model_kwargs={"num_labels": self.spec.num_labels, "problem_type": problem}, trains=True,
+                    fresh=True)
 
     def check_model(self, model_config) -> None:
         limit = position_limit(model_config) if model_config is not None else None

@@ -30,7 +30,8 @@ import torch.nn.functional as F
 
 from framework.checks import is_int
 from framework.tasks import image_data
-from framework.tasks.base import HeadSpec, Task
+from framework.models import Head
+from framework.tasks.base import Task
 
 log = logging.getLogger(__name__)
 
@@ -181,13 +182,13 @@ class ImageClassificationTask(Task):
                              f"{sorted(CHANNEL_MODES)} (grayscale or RGB)")
         self._model = {"num_channels": channels, "image_size": getattr(model_config, "image_size", None)}
 
-    def head(self) -> HeadSpec:
+    def head(self) -> Head:
         names = self.class_names()
         # ignore_mismatched_sizes: a checkpoint whose classifier has another class count gets a fresh one
-        return HeadSpec(model_kwargs={"id2label": dict(enumerate(names)),
-                                      "label2id": {n: i for i, n in enumerate(names)},
-                                      "num_labels": len(names), "ignore_mismatched_sizes": True}, trains=True,
-                        fresh=True)
+        return Head(model_kwargs={"id2label": dict(enumerate(names)),
+                                  "label2id": {n: i for i, n in enumerate(names)},
+                                  "num_labels": len(names), "ignore_mismatched_sizes": True}, trains=True,
+                    fresh=True)
 
     # ------------------------------------------------------------------- data
     def class_names(self) -> list[str]:

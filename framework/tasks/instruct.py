@@ -31,10 +31,10 @@ import torch
 
 from framework.checks import is_int
 from framework.fingerprint import tokenizer_fingerprint
-from framework.models import position_limit
+from framework.models import Head, position_limit
 from framework import sandbox as code_sandbox
 from framework.tasks import answers
-from framework.tasks.base import HeadSpec, Task
+from framework.tasks.base import Task
 from framework.tasks.instruct_data import Example, check_source, read_source, source_path
 from framework.tasks.lm_rows import IGNORE, ListDataset, ensure_pad_token, load_rows, pad_batch, save_rows
 
@@ -140,8 +140,8 @@ class InstructTask(Task):
     def has_train_data(self) -> bool:
         return bool(self.train_source)
 
-    def head(self) -> HeadSpec:
-        return HeadSpec(model_kwargs={}, trains=False)  # the LM head stays frozen
+    def head(self) -> Head:
+        return Head(model_kwargs={}, trains=False)  # the LM head stays frozen
 
     # ---------------------------------------------------------------------------------- prompts
     def prompt_text(self, example: Example, tokenizer) -> str:

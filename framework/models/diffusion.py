@@ -5,7 +5,7 @@ that maps pixels to latents and back, a CLIP text encoder (with its tokenizer) f
 noise scheduler. :class:`DiffusionModel` holds them so that methods, the trainer and checkpoints see
 one module. Only the UNet is meant to be adapted: the model entries (``conf/model/sd15.yaml`` ...)
 name ``vae`` and ``text_encoder`` as the frozen head (``head_modules: {diffusion: [vae, text_encoder]}``,
-``HeadSpec(trains=False)``), so every method leaves them alone (C3A excludes head modules, PEFT
+``Head(trains=False)``), so every method leaves them alone (C3A excludes head modules, PEFT
 methods refuse targets inside the head, BitFit/Full skip or freeze head parameters).
 
 ``forward`` is one DreamBooth training step up to the loss: encode the images and prompts (no
@@ -23,9 +23,8 @@ from typing import Any, Mapping, Optional, Sequence
 import torch
 from torch import nn
 
-from framework import hub
-from framework.models import DTYPES, resolve_source
-from framework.tasks.base import HeadSpec
+from framework.models.heads import Head
+from framework.models.sources import DTYPES, offline_error, resolve_source
 
 #: the sub-folders of a diffusers Stable Diffusion checkpoint this module reads
 SUBFOLDERS = {"unet": "unet", "vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tokenizer",
@@ -149,12 +148,10 @@ def find_diffusion_model(model: nn.Module) -> DiffusionModel:
 
 
 # -- building ---------------------------------------------------------------------------------------
-def _offline_error(what: str, source: str) -> OSError:
-    return OSError(
-        f"cannot load {what} from {source!r}: it is not a local folder and the Hugging Face Hub is not reachable"
-        f"{' (offline mode is set)' if hub.offline() else ''}. Point model.pretrained at a local diffusers "
-        f"folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), or use model=tiny-sd "
-        f"(a config-built pipeline with random weights).")
+#: what to do when a diffusers pipeline cannot be loaded
+DIFFUSERS_FOLDER = ("Point model.pretrained at a local diffusers folder (model_index.json, unet/, vae/, "
+                    "text_encoder/, tokenizer/, scheduler/), or use model=tiny-sd (a config-built pipeline with "
+                    "random weights).")
 
 
 def _tokenizer(model_cfg: Mapping[str, Any], source: Optional[str]):
@@ -171,7 +168,7 @@ def _tokenizer(model_cfg: Mapping[str, Any], source: Optional[str]):
     except OSError as err:
         if Path(own or source).exists():
             raise
-        raise _offline_error("the tokenizer", own or source) from err
+        raise offline_error("the tokenizer", own or source, err, remedy=DIFFUSERS_FOLDER) from err
 
 
 def _from_architecture(arch: Mapping[str, Any], device: Optional[str]):
@@ -212,11 +209,11 @@ def _from_source(source: str, device: Optional[str]):
     except OSError as err:
         if Path(source).exists():
             raise
-        raise _offline_error("the diffusion pipeline", source) from err
+        raise offline_error("the diffusion pipeline", source, err, remedy=DIFFUSERS_FOLDER) from err
     return unet, vae, text_encoder, scheduler
 
 
-def build_diffusion_model(model_cfg: Mapping[str, Any], head: HeadSpec, weights: str = "pretrained") -> DiffusionModel:
+def build_diffusion_model(model_cfg: Mapping[str, Any], head: Head, weights: str = "pretrained") -> DiffusionModel:
     """The entry's pipeline: ``pretrained`` (its source; the architecture at random init when it has
     none), ``random`` (the architecture at random init, never a download) or ``meta`` (shapes only)."""
     if head.model_kwargs:
