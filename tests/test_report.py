@@ -147,4 +147,4 @@ def test_chromium_renders_the_page(demo_results, tmp_path):
     assert image.size == (1200, 1600)
     histogram = image.histogram()
     assert histogram[255] < 0.97 * sum(histogram)  # not a blank page: text, tables and plots were drawn
-    assert len(set(image.getdata())) > 50
+    assert sum(1 for count in histogram if count) > 50  # many grey levels: antialiased text and plots
