@@ -303,3 +303,33 @@ def test_bad_tsv_and_csv_files_are_input_errors_through_the_pipeline(tmp_path, m
         run(compose_cfg(["model=tiny-vit", "task=pets", "task.source=csv", f"task.data_dir={table}", "task.val_size=3",
                          "method=lora", "tracker=none", "trainer.epochs=1"], tmp_path / "image"))
     assert not list(tmp_path.rglob("results/**/*.json"))
+
+
+# ------------------------------------------------------------------------------------------------ images
+def _bomb_png(path: Path) -> Path:
+    """A PNG whose header claims 40,000 x 40,000 pixels: PIL refuses it when opening (a decompression bomb)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", 40_000, 40_000, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_decompression_bomb_is_named_by_every_image_reader(tmp_path):
+    import shutil
+
+    from framework.tasks.dreambooth_data import read_images
+    from framework.tasks.image_data import read_class_folders
+
+    root = tmp_path / "train"
+    shutil.copytree(ROOT / "tests" / "data" / "images" / "folder" / "train", root)
+    bomb = _bomb_png(root / "red" / "huge.png")
+    source, _ = read_class_folders(root, ["blue", "green", "red"], "train/")
+    with pytest.raises(ValueError, match=rf"{bomb}: cannot read the image \(DecompressionBombError"):
+        [source.open(i) for i in range(len(source))]
+    with pytest.raises(ValueError, match=rf"task.instance_dir: {bomb}: cannot read the image \(DecompressionBombError"):
+        read_images(root / "red", "task.instance_dir")

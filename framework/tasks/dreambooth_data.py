@@ -5,7 +5,9 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from PIL import Image, ImageDraw, ImageFont, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from framework.tasks.image_data import read_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
@@ -21,11 +23,9 @@ def read_images(folder: Path, what: str) -> list[Image.Image]:
     images = []
     for path in image_files(folder):
         try:
-            with Image.open(path) as image:
-                images.append(image.convert("RGB"))
-        except (UnidentifiedImageError, OSError, SyntaxError) as err:
-            raise ValueError(f"{what}: cannot read {path} as an image ({type(err).__name__}: {err}); "
-                             f"remove it or replace it with a PNG/JPEG file") from err
+            images.append(read_image(path).convert("RGB"))
+        except ValueError as err:
+            raise ValueError(f"{what}: {err}") from None
     return images
 
 

@@ -26,27 +26,41 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from PIL import Image
 
 from framework import hub
 from framework.tasks.rows import at_line, check_items, check_row, read_text
 
+#: what PIL raises for a file that is no image, a truncated one, or one whose header claims a decompression bomb
+UNREADABLE = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 CHECK_FORMAT_VERSION = 1
 
 
+def _unreadable(where: str, err: Exception) -> ValueError:
+    return ValueError(f"{where}: cannot read the image ({type(err).__name__}: {err}); replace or remove the file")
+
+
 def _decode(opener, where: str):
     """Fully decode one image (``load()`` reads every byte, so truncation shows here), naming it on failure."""
-    from PIL import Image
-
     try:
         image = opener()
         if not isinstance(image, Image.Image):
             raise TypeError(f"expected a PIL image, got {type(image).__name__}")
         image.load()
         return image
-    except (OSError, SyntaxError, ValueError, TypeError) as err:  # PIL reports bad data with all of these
-        raise ValueError(f"{where}: cannot read the image ({type(err).__name__}: {err}); "
-                         f"replace or remove the file") from err
+    except (*UNREADABLE, TypeError) as err:
+        raise _unreadable(where, err) from err
+
+
+def read_image(path: str | Path):
+    """The fully decoded image in a file (the file closed again); a ``ValueError`` naming it when it is unreadable."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except UNREADABLE as err:
+        raise _unreadable(str(path), err) from err
 
 
 class ImageSource(ABC):
@@ -84,21 +98,10 @@ class FileImages(ImageSource):
         return self.paths[index]
 
     def _open(self, index: int):
-        from PIL import Image
-
         return Image.open(self.paths[index])
 
     def open(self, index: int):
-        from PIL import Image
-
-        path = self.paths[index]
-        try:
-            with Image.open(path) as image:  # close the file handle once decoded
-                image.load()
-                return image.copy()
-        except (OSError, SyntaxError, ValueError) as err:
-            raise ValueError(f"{path}: cannot read the image ({type(err).__name__}: {err}); "
-                             f"replace or remove the file") from err
+        return read_image(self.paths[index])
 
     def fingerprint(self) -> str:
         digest = hashlib.sha256()
@@ -119,8 +122,6 @@ class ArrayImages(ImageSource):
         return f"{self.name}[{index}]"
 
     def _open(self, index: int):
-        from PIL import Image
-
         return Image.fromarray(self.arrays[index])
 
     def fingerprint(self) -> str:
