@@ -89,6 +89,8 @@ CASES = [
     ("truncated gzip", "gsm8k", "a.jsonl.gz", gzip.compress(jsonl(*[GSM] * 50))[:-30],
      r"FILE: not a readable gzip file \(EOFError"),
     ("empty file", "gsm8k", "a.jsonl", b"\n\n", r"FILE: no rows"),
+    ("one pretty-printed object", "gsm8k", "a.json", json.dumps(GSM, indent=1).encode(),
+     r"FILE: holds one JSON object, not rows"),
 ]
 
 
@@ -187,6 +189,17 @@ def test_image_csv_errors_name_the_file_and_line(tmp_path, rows, message):
     path = _write(tmp_path, "train.csv", f"path,label\n{rows}".encode())
     with pytest.raises((ValueError, FileNotFoundError), match=message.replace("FILE", str(path))):
         read_csv(path, sorted(set(csv_labels(path))), "train.csv")
+
+
+def test_image_csv_with_a_byte_order_mark_reads(tmp_path):
+    """Spreadsheet programs write a UTF-8 byte-order mark: the header is still 'path,label'."""
+    from PIL import Image
+
+    from framework.tasks.image_data import read_csv
+
+    Image.new("RGB", (4, 4)).save(tmp_path / "a.png")
+    path = _write(tmp_path, "train.csv", "\ufeffpath,label\na.png,cat\n".encode())
+    assert read_csv(path, ["cat", "dog"], "train.csv").paths == [str(tmp_path / "a.png")]
 
 
 def test_image_csv_that_is_not_utf8(tmp_path):

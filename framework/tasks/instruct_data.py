@@ -94,9 +94,19 @@ def _json_lines(text: str, path: Path) -> list[tuple[str, Any]]:
             try:
                 rows.append((at_line(path, number), json.loads(line)))
             except json.JSONDecodeError as err:
+                if not rows and _is_one_object(text):
+                    raise ValueError(f"{path}: holds one JSON object, not rows; expected a JSON list of objects or "
+                                     f"one object per line (JSONL)") from None
                 raise ValueError(f"{at_line(path, number)}: not JSON ({err.msg}, column {err.colno}); expected one "
                                  f"object per line (JSONL) or a JSON list") from None
     return rows
+
+
+def _is_one_object(text: str) -> bool:
+    try:
+        return isinstance(json.loads(text), dict)
+    except json.JSONDecodeError:
+        return False
 
 
 _SPACE = re.compile(r"[ \t\n\r]*")
