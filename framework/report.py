@@ -23,7 +23,8 @@ from framework.report_data import (DEFAULT_MEMORY_DIRS, curves, load_runs, memor
                                    speed_and_memory, summary)
 from framework.stats_render import SAME_MD, stats_caption, stats_rows
 from framework.table_render import MD_MARKS, caption, figure1, header, markdown_cells, table_notes
-from framework.tables import build_tables, unplaced_failures
+from framework.stats import check_reference
+from framework.tables import build_tables, method_label, unplaced_failures
 
 STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px auto;max-width:1500px;color:#222;
@@ -127,6 +128,7 @@ def build_report(results_dir, memory_dirs=DEFAULT_MEMORY_DIRS, reference: str | 
 
     results_dir = Path(results_dir)
     runs = load_runs(results_dir)
+    check_reference({method_label(r) for _, r in runs}, reference)  # before any resampling or plotting
     counts = summary(runs)
     specs = [s for s in load_all() if s.tasks]
     body, tables_by_spec, figures = [], {}, []

@@ -210,11 +210,11 @@ def choose_references(rows, wanted: str | None = None) -> dict[str, str]:
 
 
 def check_reference(labels, wanted: str | None) -> None:
-    """An explicit reference must name (or prefix) a row label of the table: else a clear error, before any
-    resampling, with the labels there are."""
+    """An explicit reference must name (or prefix) the label of some run: else a clear error, before any
+    resampling, with the labels there are. (A table whose rows do not include it has no reference row.)"""
     labels = sorted(set(labels))
     if wanted is not None and labels and not any(_matches(label, wanted) for label in labels):
-        raise StatsError(f"reference {wanted!r} names no row of this table (a label, or its first word); "
+        raise StatsError(f"reference {wanted!r} names no run's method (a label, or its first word); "
                          f"choose one of: {', '.join(labels)}")
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 
 from framework.experiments import Average, ParamsFigure, TableSpec
 from framework.results import iter_results
-from framework.stats import RowStats, check_reference, choose_references, table_stats
+from framework.stats import RowStats, choose_references, table_stats
 
 METHOD_NAMES = {"c3a": "C3A", "lora": "LoRA", "vera": "VeRA", "boft": "BOFT", "ia3": "(IA)3",
                 "bitfit": "BitFit", "full": "Full", "head": "Head"}
@@ -235,9 +235,8 @@ def aggregate(runs: pd.DataFrame, spec: TableSpec, memory: dict | None = None,
               protocol: str | None = None, reference: str | None = None) -> list[Table]:
     """Tables (one per protocol) of rows (model × method label) of cells (the spec's tasks), from
     :func:`collect_runs`, with their statistics against ``reference`` (default: each model's C3A row;
-    :mod:`framework.stats`)."""
+    :mod:`framework.stats`; a model without a matching row has no reference, and its cells say so)."""
     memory = memory or {}
-    check_reference(runs.loc[runs["task"].isin(spec.run_tasks), "method_label"], reference)
     runs = runs[runs["task"].isin(spec.run_tasks)]
     if protocol is not None:
         runs = runs[runs["protocol"].str.split(" ").str[0] == protocol]
@@ -297,6 +296,11 @@ def unplaced_failures(runs: pd.DataFrame, tables: list[Table], spec: TableSpec, 
         base = failed["protocol"].str.split(" ").str[0]
         failed = failed[(base == protocol) | (failed["protocol"] == "unrecorded")]
     return failed.loc[~failed["protocol"].isin(shown), "run_id"].nunique()
+
+
+def run_labels(results_dir) -> set[str]:
+    """The method label of every run in a results folder (what ``--reference`` may name)."""
+    return {method_label(result) for _, result in iter_results(results_dir)}
 
 
 def build_tables(results_dir, spec: TableSpec, protocol: str | None = None, reference: str | None = None,

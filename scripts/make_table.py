@@ -13,7 +13,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from framework.experiments import SpecError, available, load_spec  # noqa: E402
-from framework.stats import StatsError  # noqa: E402
+from framework.stats import StatsError, check_reference  # noqa: E402
+from framework.tables import run_labels  # noqa: E402
 from framework.table_render import output_names, write_table  # noqa: E402
 
 
@@ -38,14 +39,15 @@ def main(argv=None) -> int:
     if not specs:
         print(f"error: {args.table!r} declares no tasks: nothing to render (make params checks it)", file=sys.stderr)
         return 2
+    try:
+        check_reference(run_labels(args.results_dir), args.reference)
+    except StatsError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     out_dir = args.out_dir or str(Path(args.results_dir) / "tables")
     for spec in specs:
-        try:
-            markdown = write_table(spec, args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot,
-                                   reference=args.reference)
-        except StatsError as err:
-            print(f"error: {spec.title}: {err}", file=sys.stderr)
-            return 2
+        markdown = write_table(spec, args.results_dir, out_dir, protocol=args.protocol, plot=not args.no_plot,
+                               reference=args.reference)
         if markdown is None:
             which = f" with protocol {args.protocol}" if args.protocol else ""
             print(f"{spec.title}: no completed runs of its tasks found under {Path(args.results_dir) / 'runs'}"

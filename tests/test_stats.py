@@ -14,7 +14,7 @@ import pytest
 from framework import stats
 from framework.experiments import load_spec
 from framework.table_render import render_latex, render_markdown, write_table
-from framework.tables import build_tables
+from framework.tables import build_tables, run_labels
 from test_tables import add_run
 
 REPO = Path(__file__).resolve().parent.parent
@@ -150,11 +150,16 @@ def test_reference_flag_and_a_bad_reference(tmp_path):
     assert table.references == {"Base": "LoRA r=8"}
     c3a = next(r for r in table.rows if r.label == "C3A b=6")
     assert table.row_stats(c3a).versus["rte"].difference.value < -3
-    with pytest.raises(stats.StatsError, match="'DoRA' names no row.*choose one of: C3A b=6, LoRA r=8"):
-        build_tables(tmp_path, SPEC, reference="DoRA")
+    with pytest.raises(stats.StatsError, match="'DoRA' names no run's method.*choose one of: C3A b=6, LoRA r=8"):
+        stats.check_reference(run_labels(tmp_path), "DoRA")
+    add_run(tmp_path, model="roberta-large", label="BitFit", method="bitfit", params=271360)
+    (table,) = build_tables(tmp_path, SPEC, reference="LoRA")[1]  # Large has no LoRA row: no reference there
+    assert table.references == {"Base": "LoRA r=8"}
+    large_md = next(line for line in render_markdown([table]).split("#### ")[1].splitlines() if "| Large |" in line)
+    assert "no reference row" in large_md
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "make_table.py"), "--results-dir", str(tmp_path),
                            "--reference", "DoRA", "--no-plot"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 2 and "choose one of: C3A b=6, LoRA r=8" in proc.stderr
+    assert proc.returncode == 2 and "choose one of: BitFit, C3A b=6, LoRA r=8" in proc.stderr
     assert not (tmp_path / "tables").exists()  # nothing written
 
 
