@@ -214,3 +214,24 @@ def test_reference_is_the_c3a_row_with_most_seeds_then_the_first(tmp_path):
     assert table.row_stats(b1).versus["rte"].reference == "C3A b=6"
     (table,) = build_tables(tmp_path, SPEC, reference="C3A b=1")[1]
     assert table.references == {"Base": "C3A b=1", "Large": "C3A b=1"}
+
+
+def test_figure1_draws_the_average_ci_as_error_bars(tmp_path):
+    import matplotlib.pyplot as plt
+    from matplotlib.container import ErrorbarContainer
+
+    from framework.table_render import figure1
+
+    identical_and_shifted(tmp_path, shift=5.0, seeds=3, tasks=SPEC.task_names)
+    add_run(tmp_path, seed=0, model="roberta-large", label="C3A b=8", params=393216)  # one seed: no bar
+    (table,) = build_tables(tmp_path, SPEC)[1]
+    fig = figure1([table])
+    ax_params = fig.axes[0]
+    bars = [c for c in ax_params.containers if isinstance(c, ErrorbarContainer)]
+    assert len(bars) == 2  # Base C3A b=6 and Base LoRA r=8; Large C3A b=8 has 1 seed
+    lora = next(r for r in table.rows if r.label == "LoRA r=8")
+    ci = table.row_stats(lora).aggregates["avg"].mean
+    segments = [seg for c in bars for coll in c.lines[2] for seg in coll.get_segments()]
+    spans = sorted((round(float(s[0][1]), 6), round(float(s[1][1]), 6)) for s in segments)
+    assert (round(ci.low, 6), round(ci.high, 6)) in spans
+    plt.close(fig)
