@@ -45,6 +45,20 @@ class Page(HTMLParser):
         self.text.append(data)
 
 
+def assert_self_contained(page: Page, text: str) -> None:
+    """No scripts or stylesheets to fetch, every image an inline PNG, no external address, rectangular tables."""
+    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
+    for tag, attrs in page.tags:
+        for name, value in attrs.items():
+            if name in ("src", "href"):
+                assert value.startswith(("data:", "#")), (tag, name, value[:60])
+    assert "http://" not in text and "https://" not in text
+    for src in page.images:
+        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    for rows in page.tables:
+        assert len(set(rows)) == 1, rows
+
+
 def demo_run(results, method, label, *, task="sst2", seed=0, epochs=1, status="completed", error=None,
              accuracy=0.8, commit="abc1234def"):
     """A run JSON shaped like `make demo`'s (MiniLM on the SST-2 sample, holdout, one epoch, no test per epoch)."""
@@ -87,18 +101,8 @@ def test_page_structure_on_a_demo_shaped_folder(demo_results, tmp_path):
     page = Page(text)
     assert text.startswith("<!DOCTYPE html>") and set(SECTIONS) <= page.ids
     assert {s.name for s in load_all() if s.tasks} <= page.ids  # every declared table has its section
-    # self-contained: no scripts, no stylesheets to fetch, every image inline, no external address anywhere
-    assert not [t for t, _ in page.tags if t in ("script", "link", "iframe")]
-    for tag, attrs in page.tags:
-        for name, value in attrs.items():
-            if name in ("src", "href"):
-                assert value.startswith(("data:", "#")), (tag, name, value[:60])
-    assert "http://" not in text and "https://" not in text
+    assert_self_contained(page, text)
     assert len(page.images) >= 3  # Figure 1, learning curves, time and memory
-    for src in page.images:
-        assert base64.b64decode(src.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
-    for rows in page.tables:
-        assert len(set(rows)) == 1, rows  # a rectangular table
     words = " ".join(page.text)
     assert "Minilm" in words or "minilm" in words
     assert "1 failed" in words and "RuntimeError: out of memory at step 12" in words  # failed run, its error line
@@ -127,7 +131,9 @@ def test_cli_errors_before_any_work(tmp_path, demo_results):
 
 
 def test_page_on_the_shipped_minilm_grid(tmp_path):
-    page = Page(build_report(MINILM))
+    text = build_report(MINILM)
+    page = Page(text)
+    assert_self_contained(page, text)
     words = " ".join(page.text)
     assert "32 run file(s): 32 completed, 0 failed" in words
     assert "mrpc: only 2 seeds (a CI needs 3)" in words and "P=0.50" in words
