@@ -58,7 +58,7 @@ CASES = [
     ("commonsense answer 1", "commonsense", "a.json", json_list(COMMON, {**COMMON, "answer": 1}),
      r"FILE, line 8: a 'commonsense' row needs 'answer' as a string; got 1 \(an integer\)"),
     ("commonsense answer true (a JSON boolean)", "commonsense", "a.json", json_list({**COMMON, "answer": True}),
-     r"FILE, line 2: .*'answer' as a string; got True \(true or false\)"),
+     r"FILE, line 2: .*'answer' as a string; got true \(a boolean\)"),
     ("commonsense input a number", "commonsense", "a.json", json_list({**COMMON, "input": 7}),
      r"FILE, line 2: .*'input' as a string; got 7"),
     ("commonsense answer outside every family", "commonsense", "a.json", json_list(COMMON, {**COMMON, "answer": "maybe"}),

@@ -39,7 +39,7 @@ def read_text(path: Path) -> str:
 
 def kind_name(value: Any) -> str:
     if isinstance(value, bool):
-        return "true or false"
+        return "a boolean"
     return next((name for kind, name in KIND_NAMES.items() if isinstance(value, kind)), type(value).__name__)
 
 
@@ -58,7 +58,7 @@ def _shown(value: Any) -> str:
     """``null``, or the value and its kind: ``5 (an integer)``."""
     if value is None:
         return "null"
-    text = repr(value)
+    text = str(value).lower() if isinstance(value, bool) else repr(value)
     return f"{text if len(text) <= 60 else text[:57] + '...'} ({kind_name(value)})"
 
 
