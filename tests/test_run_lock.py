@@ -16,13 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TEST_GLUE, compose_cfg, tiny_overrides
+from conftest import TEST_GLUE, compose_cfg, result_files, tiny_overrides
 
 SPAWN = multiprocessing.get_context("spawn")  # a fresh interpreter: no torch state shared by fork
-
-
-def _results(root: Path) -> list[Path]:
-    return sorted((root / "results" / "runs").rglob("*.json"))
 
 
 def _identity(root: Path, overrides: list[str]) -> tuple[str, Path]:
@@ -131,7 +127,7 @@ def test_an_interrupted_or_failed_forced_rerun_never_writes_over_a_completed_res
 
     overrides = tiny_overrides() + ["trainer.epochs=1"]
     assert run(compose_cfg(overrides, tmp_path)).status == "completed"
-    [path] = _results(tmp_path)
+    [path] = result_files(tmp_path)
     completed = path.read_text()
     for error in (KeyboardInterrupt, RuntimeError):
         def interrupted(*args, **kwargs):
@@ -170,19 +166,18 @@ def test_resuming_on_changed_data_is_an_input_error_naming_the_file_and_force_st
     lines = train.read_text().splitlines(keepends=True)
     train.write_text("".join(lines + lines[-1:]))  # one more row: other data
 
-    epochs_trained = []
-    train_epoch = trainer._train_epoch
+    saved_epochs = []  # the epochs each checkpoint closes (0-based): what was trained
 
-    def counting(*args, **kwargs):
-        epochs_trained.append(1)
-        return train_epoch(*args, **kwargs)
+    def recording(state, path):
+        saved_epochs.append(state["epoch"])
+        save(state, path)
 
-    monkeypatch.setattr(trainer, "_train_epoch", counting)
+    monkeypatch.setattr(trainer, "save_checkpoint", recording)
     with pytest.raises(InputError, match=r"train\.tsv") as caught:
         run(compose_cfg(overrides, tmp_path))
-    assert "force=true" in str(caught.value) and not epochs_trained and checkpoint.is_file()
+    assert "force=true" in str(caught.value) and not saved_epochs and checkpoint.is_file()
 
     result = run(compose_cfg(overrides + ["force=true"], tmp_path))
-    assert result.status == "completed" and len(result.epochs) == 2 and len(epochs_trained) == 2  # from epoch 1
+    assert result.status == "completed" and len(result.epochs) == 2 and saved_epochs == [0, 1]  # from epoch 1
     assert str(train.resolve()) in result.provenance["data_files"]
 

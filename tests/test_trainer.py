@@ -158,7 +158,7 @@ def test_generations_come_from_the_best_epoch_not_the_last(tmp_path, monkeypatch
         return [f"epoch {passes['epoch']}"] * len(batch["set"])
 
     monkeypatch.setattr(InstructTask, "generate", generate)
-    result = _run(tmp_path, ["method=lora", "model=tiny-llama", "task=sst2-instruct",
+    result = run_in(tmp_path, ["method=lora", "model=tiny-llama", "task=sst2-instruct",
                              f"task.data_dir={TEST_GLUE / 'SST-2'}", "task.template=alpaca", "task.val_size=4",
                              "tracker=none", "trainer.epochs=2", "trainer.batch_size=4", "trainer.eval_batch_size=8",
                              "trainer.progress_bar=false", "trainer.test_every_epoch=true",
@@ -180,5 +180,5 @@ def test_zero_epochs_on_a_new_head_is_refused_before_compute(tmp_path, monkeypat
 
     monkeypatch.setattr(trainer, "fit", no_compute)
     with pytest.raises(InputError, match="trainer.epochs=0 .* random"):
-        _run(tmp_path, tiny_overrides(method=method) + ["trainer.epochs=0"])
-    assert not _results(tmp_path)
+        run_in(tmp_path, tiny_overrides(method=method) + ["trainer.epochs=0"])
+    assert not result_files(tmp_path)
