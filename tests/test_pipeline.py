@@ -49,14 +49,14 @@ def test_best_epoch_is_selected_on_validation_and_its_state_is_tested(tmp_path, 
     val_scores = iter([0.50, 0.90, 0.70])
     snapshots: dict[str, torch.Tensor] = {}
 
-    def scripted_evaluate(accelerator, model, loader, task):
+    def scripted_evaluate(accelerator, model, loader, task, processor):
         weights = torch.cat([p.detach().flatten().clone() for p in model.parameters() if p.requires_grad])
         if loader is scripted_evaluate.val_loader:
             epoch = len(snapshots) + 1
             snapshots[f"epoch{epoch}"] = weights
-            return {"accuracy": next(val_scores)}
+            return train.Evaluation({"accuracy": next(val_scores)}, [])
         scripted_evaluate.tested.append(weights)
-        return {"accuracy": float(len(scripted_evaluate.tested))}
+        return train.Evaluation({"accuracy": float(len(scripted_evaluate.tested))}, [])
 
     scripted_evaluate.tested = []
     from accelerate import Accelerator
