@@ -14,7 +14,7 @@ from framework.stats import CONFIDENCE, MIN_SEEDS, RESAMPLES, Estimate
 #: the mark for "not distinguishable from the reference" (the CI of the difference includes 0)
 SAME_MD, SAME_TEX = "≈", r"\approx"
 STATS_COLUMNS = ("protocol", "model_row", "label", "column", "kind", "n", "mean", "ci_low", "ci_high",
-                 "reference", "diff", "diff_low", "diff_high", "p_improve", "distinguishable", "paper_mean",
+                 "reference", "diff", "diff_low", "diff_high", "p_improve", "distinguishable", "p_permutation", "paper_mean",
                  "paper_std", "paper_in_ci", "iqm", "iqm_low", "iqm_high", "no_ci_reason")
 
 
@@ -48,7 +48,8 @@ def stats_caption(table) -> str:
             f"over seed pairs; {SAME_MD} = not distinguishable (the CI includes 0). Averages: the mean and the IQM "
             f"over tasks with stratified bootstrap CIs (seeds resampled within each task). Cells with fewer than "
             f"{MIN_SEEDS} seeds get no CI. With few seeds the bootstrap CI is too narrow (about 80% coverage at "
-            f"3 seeds, tests/test_stats.py): read {SAME_MD}-free cells with 3–5 seeds as a hint, not a finding.")
+            f"3 seeds, tests/test_stats.py): read {SAME_MD}-free cells with 3–5 seeds as a hint, not a finding; "
+            f"the CSV adds an exact permutation test's p-value, which keeps its level (3 vs 3 seeds: p ≥ 0.1).")
 
 
 def _task_text(table, row, task: str, same: str) -> str:
@@ -129,7 +130,7 @@ def stats_frame(tables) -> pd.DataFrame:
                           "paper_in_ci": stats.paper_inside(task, cell.paper_mean), "no_ci_reason": ours.reason}
                 if comparison is not None:
                     record.update(_ci_fields("diff", comparison.difference), p_improve=comparison.improvement,
-                                  distinguishable=comparison.distinguishable)
+                                  distinguishable=comparison.distinguishable, p_permutation=comparison.p_value)
                     record["no_ci_reason"] = record["no_ci_reason"] or comparison.difference.reason
                 records.append(record)
             for avg in table.spec.averages:

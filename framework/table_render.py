@@ -46,7 +46,7 @@ def tex_escape(text: str) -> str:
     """Escape LaTeX's special characters in plain text (and spell out the few non-ASCII signs we emit)."""
     escaped = "".join(_TEX_ESCAPES.get(ch, ch) for ch in str(text))
     return (escaped.replace("±", r"$\pm$").replace("—", "--").replace("–", "--").replace("Δ", r"$\Delta$")
-            .replace("≈", rf"${SAME_TEX}$"))
+            .replace("≈", rf"${SAME_TEX}$").replace("≥", r"$\geq$"))
 
 
 def _tex_marks(kinds) -> str:

@@ -57,6 +57,14 @@ def test_shifted_method_is_detected():
     assert coverage(3, 200, shift=4.0, seed=4) <= 0.02
 
 
+def test_permutation_p_value_keeps_its_level_and_shows_the_seed_limit():
+    rng = np.random.default_rng(8)
+    p_values = [stats.permutation_p_value(list(rng.normal(size=5)), list(rng.normal(size=5))) for _ in range(200)]
+    assert np.mean(np.array(p_values) <= 0.05) <= 0.07  # identical methods: at most ~5% false alarms (measured 3%)
+    assert stats.permutation_p_value([1.0, 2.0, 3.0], [4.0, 5.0, 6.0]) == pytest.approx(0.1)  # 3 vs 3: p >= 0.1
+    assert stats.permutation_p_value([1.0, 2.0], [4.0, 5.0, 6.0]) is None
+
+
 @pytest.mark.usefixtures("fewer_resamples")
 def test_stratified_average_ci_covers_the_true_mean_of_means():
     rng = np.random.default_rng(5)
@@ -130,6 +138,7 @@ def test_identical_methods_in_result_files(tmp_path):
     assert "reference" in stats_part and "mean " in stats_part and "IQM " in stats_part
     tex = render_latex(tables)
     assert tex.count(r"\approx") >= 2 * same  # marked in the paper table and in the statistics table
+    assert tex.isascii()  # every sign spelled in LaTeX
 
 
 def test_shifted_method_in_result_files(tmp_path):
@@ -181,6 +190,7 @@ def test_stats_csv_written(tmp_path):
     lora = frame[(frame["label"] == "LoRA r=8") & (frame["column"] == "rte")].iloc[0]
     assert lora["reference"] == "C3A b=6" and lora["n"] == 3
     assert lora["diff_low"] <= lora["diff"] <= lora["diff_high"] and 0 <= lora["p_improve"] <= 1
+    assert 0.1 <= lora["p_permutation"] <= 1  # 3 seeds against 3
     avg = frame[(frame["label"] == "LoRA r=8") & (frame["kind"] == "average")].iloc[0]
     assert avg["column"] == "avg" and avg["iqm_low"] <= avg["iqm"] <= avg["iqm_high"]
 
