@@ -359,3 +359,19 @@ def test_an_mbpp_row_without_tests_is_an_input_error(tmp_path, tests, message):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     with pytest.raises(ValueError, match=rf"{path}, line 2: .*{message}"):
         read_source({"format": "mbpp", "path": str(path)}, "task.test.mbpp")
+
+
+@needs_namespaces
+def test_the_adversary_script_prints_the_table_and_every_attack_is_contained():
+    import subprocess
+
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "sandbox_adversary.py"), "--runs", "1"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ") and not line.startswith("| attack")]
+    forgeries = [r for r in rows if r.startswith("| forgery:")]
+    assert len(forgeries) == 6 and "**passed**" in forgeries[0]  # the canonical solution, the control
+    assert all("**failed**" in r and "| failed" in r for r in forgeries[1:]), forgeries
+    attacks = [r for r in rows if not r.startswith("| forgery:")]
+    assert len(attacks) == 9 and all("no file written on the host" in r for r in attacks), attacks
+    assert '"mode": "namespaces"' in done.stdout and "namespaces sandbox:" in done.stdout
