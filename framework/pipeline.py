@@ -129,11 +129,9 @@ def run(cfg: DictConfig) -> results.RunResult:
     to the result file) from the skip check to the checkpoint clean-up; a second one stops at once naming the
     holder's pid (``RunInProgressError``), or waits with ``wait_for_lock=true``."""
     prepared = prepare(cfg)
-    method, task, tracker = prepared.method, prepared.task, prepared.tracker
     resolved = resolved_config(cfg)
-    description = method.describe()
-    rid, path = identity(cfg, resolved, description["name"])
-    data_files = fingerprint(task.data_files())
+    rid, path = identity(cfg, resolved, prepared.method.describe()["name"])
+    data_files = fingerprint(prepared.task.data_files())
     previous = _reusable(cfg, path, data_files)
     if previous is not None:
         return previous
