@@ -375,3 +375,17 @@ def test_the_adversary_script_prints_the_table_and_every_attack_is_contained():
     attacks = [r for r in rows if not r.startswith("| forgery:")]
     assert len(attacks) == 9 and all("no file written on the host" in r for r in attacks), attacks
     assert '"mode": "namespaces"' in done.stdout and "namespaces sandbox:" in done.stdout
+
+
+@pytest.mark.parametrize("setting", ["task.sandbox.timeout_s=0", "task.sandbox.workers=0"])
+def test_a_bad_sandbox_setting_stops_a_run_before_compute(tmp_path, setting):
+    """They used to train, then fail at scoring."""
+    from conftest import result_files, run_in
+    from framework.pipeline import InputError
+
+    data = [f"task.test.humaneval.path={CODE / 'humaneval.jsonl'}", "task.test.humaneval.plus=null",
+            "task.test.mbpp.hub=null", f"task.test.mbpp.path={CODE / 'mbpp.jsonl'}",
+            "task.train.hub=null", f"task.train.path={CODE / 'magicoder.jsonl'}", "task.val_size=2"]
+    with pytest.raises(InputError, match=setting.split("=")[0].replace(".", r"\.") + "=0"):
+        run_in(tmp_path, ["model=tiny-llama", "task=code", "method=c3a", "tracker=none", *data, setting])
+    assert result_files(tmp_path) == []
