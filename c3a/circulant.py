@@ -10,10 +10,11 @@ Two exact ways to evaluate `c3a_linear` (chosen by dtype, token count and device
 - "fft": half-precision model (a bf16 merged weight would round the adapter away) or few tokens. The adapter runs
   in float32 through FFTs and is added in place to the base output. Saves only x (in its own dtype).
 
-Layout trick used by both: a chunk of c tokens is turned into "planes" (F, 2b, c) = [real rows; imaginary rows]
-of its blockwise rfft, tokens contiguous. The per-frequency complex contractions (over blocks, or over tokens for
-the kernel gradient) then become real batched matmuls over the F = p//2 + 1 frequencies. Tokens are processed
-in chunks small enough to stay in cache; that also bounds the transient memory.
+Layout used by both: a chunk of c tokens becomes its blockwise rfft as a contiguous complex (F, b, c) tensor,
+tokens last. The per-frequency contractions (over blocks, or over tokens for the kernel gradient) are then
+complex batched matmuls over the F = p//2 + 1 frequencies (the conjugate transpose is a view BLAS reads as
+such), and the inverse FFT runs over the frequency dim. Tokens are processed in chunks (few ops for small
+inputs, bounded transient memory for large ones).
 """
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ import torch
 import torch.nn.functional as F
 
 # The merged path builds a dense W_eff (d_out·d_in, fresh memory, twice per step); it pays once the tokens
-# outnumber MERGE_TOKENS_PER_DIM x the harmonic mean of d_in and d_out (measured crossover on CPU ~1x).
-MERGE_TOKENS_PER_DIM = 1.0
+# outnumber MERGE_TOKENS_PER_DIM x the harmonic mean of d_in and d_out (CPU, SmolLM2's shapes at 512 tokens:
+# merged is faster than FFT already at ~0.6x, e.g. q 576x576 and up 576->1536; issue 15).
+MERGE_TOKENS_PER_DIM = 0.5
 MERGE_MIN_TOKENS = 64
 # Tokens are processed in chunks: at most MAX_CHUNKS of them (each chunk costs ~5 kernel launches / parallel
 # regions, expensive on a GPU or a loaded CPU), none smaller than MIN_CHUNK_ELEMENTS (small inputs run in one go).
 # Transient memory is ~3 chunks of spectra, i.e. ~3/MAX_CHUNKS of x: 4 keeps the peak below LoRA r=8's.
 MAX_CHUNKS = 4
-MIN_CHUNK_ELEMENTS = 1 << 15
+MIN_CHUNK_ELEMENTS = 1 << 19
 PATHS = ("merged", "fft")
 
 
@@ -51,73 +53,49 @@ def _chunk_tokens(tokens: int, features: int) -> int:
     return max(-(-tokens // MAX_CHUNKS), MIN_CHUNK_ELEMENTS // max(1, features), 1)
 
 
-class _Workspace:
-    """Per-call buffers reused across chunks: one spectrum (c, b, F) and named "planes" (c, F, 2, b).
+def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """(c, blocks*p) signal -> its blockwise rfft as contiguous (F, blocks, c) complex. Frequency f is then a
+    (blocks, c) matrix, so the contractions over blocks (operator) or over tokens (kernel gradient) are batched
+    matmuls on contiguous operands (one transposing copy here; strided operands would make bmm copy each of
+    the F matrices)."""
+    return torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).permute(2, 1, 0).contiguous()
 
-    Planes hold [Re; Im] of the blockwise rfft per frequency. Viewed as (F, 2b, c), frequency f is a (2b, c)
-    matrix (column-major, leading dim F·2b), so the contractions over blocks or over tokens become real batched
-    matmuls over the F frequencies; the copy into planes is a small per-token transpose.
-    """
 
-    def __init__(self, chunk: int, p: int, max_blocks: int, dtype: torch.dtype, device):
-        self.p, self.num_freqs, self.dtype, self.device = p, p // 2 + 1, dtype, device
-        self.size = chunk * max_blocks * self.num_freqs
-        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
-        self.spectrum_flat = torch.empty(self.size, dtype=complex_dtype, device=device)
-        self.planes_flat: dict[str, torch.Tensor] = {}
+def _apply_spectral(operator: torch.Tensor, spectra: torch.Tensor, p: int) -> torch.Tensor:
+    """(F, rows, cols) operator applied to (F, cols, c) spectra -> the signal as (p, rows, c), real."""
+    return torch.fft.irfft(torch.bmm(operator, spectra), n=p, dim=0)
 
-    def _spectrum(self, c: int, blocks: int) -> torch.Tensor:
-        return self.spectrum_flat[: c * blocks * self.num_freqs].view(c, blocks, self.num_freqs)
 
-    def to_planes(self, y: torch.Tensor, name: str) -> torch.Tensor:
-        """(c, b*p) signal -> (F, 2b, c) view of its blockwise rfft planes, in the buffer `name`."""
-        c, blocks = y.shape[0], y.shape[1] // self.p
-        spectrum = self._spectrum(c, blocks)
-        torch.fft.rfft(y.to(self.dtype).view(c, blocks, self.p), out=spectrum)
-        if name not in self.planes_flat:
-            self.planes_flat[name] = torch.empty(2 * self.size, dtype=self.dtype, device=self.device)
-        planes = self.planes_flat[name][: 2 * spectrum.numel()].view(c, self.num_freqs, 2, blocks)
-        planes.copy_(torch.view_as_real(spectrum).permute(0, 2, 3, 1))
-        return planes.view(c, self.num_freqs, 2 * blocks).permute(1, 2, 0)
-
-    def from_planes(self, planes: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
-        """(F, 2b, c) planes -> their irfft written into (or added to) out (c, b*p)."""
-        num_freqs, two_b, c = planes.shape
-        spectrum = self._spectrum(c, two_b // 2)
-        torch.view_as_real(spectrum).copy_(planes.reshape(num_freqs, 2, two_b // 2, c).permute(3, 2, 0, 1))
-        if not accumulate and out.dtype == self.dtype and out.is_contiguous():
-            torch.fft.irfft(spectrum, n=self.p, out=out.view(c, -1, self.p))
-            return
-        signal = torch.fft.irfft(spectrum, n=self.p).view(c, -1)
-        if accumulate:
-            out.add_(signal)
-        else:
-            out.copy_(signal)
+def _write_rows(signal: torch.Tensor, out: torch.Tensor, accumulate: bool) -> None:
+    """(p, blocks, c) signal into out (c, blocks*p), added or copied (a transposing copy, any dtype)."""
+    target = out.view(out.shape[0], signal.shape[1], signal.shape[0])
+    if accumulate:
+        target.add_(signal.permute(2, 1, 0))
+    else:
+        target.copy_(signal.permute(2, 1, 0))
 
 
 def _spectral_operator(kernel: torch.Tensor, scale: float, dtype: torch.dtype, transpose: bool) -> torch.Tensor:
-    """Real (F, 2*rows, 2*cols) matrix that applies scale·C(kernel) (or its transpose) to planes.
+    """Complex (F, rows, cols) matrices that apply scale·C(kernel) (or its transpose) to spectra.
 
-    Forward: Y_i = Σ_j conj(W_ij) X_j  -> [[Wr, Wi], [-Wi, Wr]].
-    Transpose (grad wrt x): X_j = Σ_i W_ij G_i -> [[Wr^T, -Wi^T], [Wi^T, Wr^T]].
+    Forward: Y_i = Σ_j conj(W_ij) X_j. Transpose (grad wrt x): X_j = Σ_i W_ij G_i.
     """
     spectrum = torch.fft.rfft(kernel.to(dtype) * scale)  # (b_out, b_in, F)
-    re = spectrum.real.permute(2, 0, 1)
-    im = spectrum.imag.permute(2, 0, 1)
     if transpose:
-        re, im = re.transpose(1, 2), im.transpose(1, 2)
-        top, bottom = torch.cat([re, -im], dim=2), torch.cat([im, re], dim=2)
-    else:
-        top, bottom = torch.cat([re, im], dim=2), torch.cat([-im, re], dim=2)
-    return torch.cat([top, bottom], dim=1).contiguous()
+        return spectrum.permute(2, 1, 0).contiguous()
+    return spectrum.conj().permute(2, 0, 1).resolve_conj().contiguous()
 
 
-def _kernel_grad_from_moments(moments: torch.Tensor, b_out: int, b_in: int, p: int) -> torch.Tensor:
-    """moments = Σ_tokens G_planes X_planes^T, (F, 2b_out, 2b_in) -> kernel gradient (b_out, b_in, p)."""
-    real = moments[:, :b_out, :b_in] + moments[:, b_out:, b_in:]  # Σ Gr Xr + Gi Xi
-    imag = moments[:, :b_out, b_in:] - moments[:, b_out:, :b_in]  # Σ Gr Xi - Gi Xr
-    cross_spectrum = torch.complex(real, imag).permute(1, 2, 0)  # Σ conj(G) X, (b_out, b_in, F)
-    return torch.fft.irfft(cross_spectrum, n=p)
+def _add_moments(moments: torch.Tensor | None, g_spectra: torch.Tensor, x_spectra: torch.Tensor) -> torch.Tensor:
+    """moments (F, b_out, b_in) += Σ_tokens G conj(X)^T for one chunk of (F, blocks, c) spectra (X^H is a
+    conjugate-transposed view that BLAS reads as such: no copy)."""
+    chunk = torch.bmm(g_spectra, x_spectra.mH)
+    return chunk if moments is None else moments.add_(chunk)
+
+
+def _kernel_grad_from_moments(moments: torch.Tensor, p: int) -> torch.Tensor:
+    """Σ G conj(X) per frequency, (F, b_out, b_in) -> kernel gradient irfft(Σ conj(G) X), (b_out, b_in, p)."""
+    return torch.fft.irfft(moments.conj().permute(1, 2, 0), n=p)
 
 
 def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, p: int) -> torch.Tensor:
@@ -128,14 +106,14 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     dtype = _compute_dtype(x.dtype, grad_out.dtype)
     x2 = x.reshape(-1, b_in * p)
     g2 = grad_out.reshape(-1, b_out * p)
-    moments = torch.zeros(p // 2 + 1, 2 * b_out, 2 * b_in, dtype=dtype, device=x.device)
+    moments = None
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
-    workspace = _Workspace(chunk, p, max(b_in, b_out), dtype, x.device)
     for start in range(0, x2.shape[0], chunk):
-        g_planes = workspace.to_planes(g2[start:start + chunk], "g")
-        x_planes = workspace.to_planes(x2[start:start + chunk], "x")
-        moments.baddbmm_(g_planes, x_planes.transpose(1, 2))
-    return _kernel_grad_from_moments(moments, b_out, b_in, p)
+        moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
+                               _spectra(x2[start:start + chunk], b_in, p, dtype))
+    if moments is None:  # no tokens
+        return torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device)
+    return _kernel_grad_from_moments(moments, p)
 
 
 class _CirculantAdd(torch.autograd.Function):
@@ -154,10 +132,9 @@ class _CirculantAdd(torch.autograd.Function):
             ctx.mark_dirty(base)
         out2 = out.view(-1, b_out * p)
         chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
-        workspace = _Workspace(chunk, p, max(b_in, b_out), dtype, x.device)
         for start in range(0, x2.shape[0], chunk):
-            y_planes = torch.bmm(operator, workspace.to_planes(x2[start:start + chunk], "x"))
-            workspace.from_planes(y_planes, out2[start:start + chunk], accumulate=base is not None)
+            signal = _apply_spectral(operator, _spectra(x2[start:start + chunk], b_in, p, dtype), p)
+            _write_rows(signal, out2[start:start + chunk], accumulate=base is not None)
         ctx.scale = scale
         ctx.has_base = base is not None
         ctx.x_dtype = x.dtype
@@ -171,25 +148,24 @@ class _CirculantAdd(torch.autograd.Function):
         need_x, need_kernel = ctx.needs_input_grad[1], ctx.needs_input_grad[2]
         dtype = _compute_dtype(grad_out.dtype, kernel.dtype)
         g2 = grad_out.reshape(-1, b_out * p)
-        grad_x = grad_kernel = None
+        grad_x = grad_kernel = moments = None
         if need_x:
             operator_t = _spectral_operator(kernel, ctx.scale, dtype, transpose=True)
             grad_x = torch.empty(*grad_out.shape[:-1], b_in * p, dtype=ctx.x_dtype, device=grad_out.device)
             gx2 = grad_x.view(-1, b_in * p)
         if need_kernel:
             x2 = x.reshape(-1, b_in * p)
-            moments = torch.zeros(p // 2 + 1, 2 * b_out, 2 * b_in, dtype=dtype, device=grad_out.device)
         chunk = _chunk_tokens(g2.shape[0], max(b_in, b_out) * p)
-        workspace = _Workspace(chunk, p, max(b_in, b_out), dtype, grad_out.device)
         for start in range(0, g2.shape[0], chunk):
-            g_planes = workspace.to_planes(g2[start:start + chunk], "g")
+            g_spectra = _spectra(g2[start:start + chunk], b_out, p, dtype)
             if need_kernel:
-                x_planes = workspace.to_planes(x2[start:start + chunk], "x")
-                moments.baddbmm_(g_planes, x_planes.transpose(1, 2))
-            if need_x:  # after the kernel part: from_planes reuses the spectrum buffer
-                workspace.from_planes(torch.bmm(operator_t, g_planes), gx2[start:start + chunk], accumulate=False)
+                moments = _add_moments(moments, g_spectra, _spectra(x2[start:start + chunk], b_in, p, dtype))
+            if need_x:
+                _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:
-            grad_kernel = (_kernel_grad_from_moments(moments, b_out, b_in, p) * ctx.scale).to(kernel.dtype)
+            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) if moments is None
+                           else _kernel_grad_from_moments(moments, p))
+            grad_kernel = (grad_kernel * ctx.scale).to(kernel.dtype)
         grad_base = grad_out if ctx.has_base and ctx.needs_input_grad[0] else None
         return grad_base, grad_x, grad_kernel, None, None
 

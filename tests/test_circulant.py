@@ -23,7 +23,7 @@ def _one_thread():
     yield
     torch.set_num_threads(threads)
 # (d_in, d_out, block_size): square/non-square, one block (p = whole dim), b_in != b_out, the paper's 768->3072.
-SHAPES = [(16, 16, 16), (16, 16, 4), (12, 20, 4), (24, 8, 8), (768, 3072, 128), (768, 768, 768)]
+SHAPES = [(16, 16, 16), (16, 16, 4), (12, 20, 4), (24, 8, 8), (24, 72, 8), (768, 3072, 128), (768, 768, 768)]
 
 
 def _kernel(d_in, d_out, p, dtype=f64, seed=0):
@@ -79,8 +79,12 @@ def test_c3a_linear_equals_dense_float64(d_in, d_out, p, path):
 
 
 @pytest.mark.parametrize("path", ["merged", "fft"])
-def test_many_tokens_several_chunks(path):
+def test_many_tokens_several_chunks(path, monkeypatch):
     """Chunked processing (several chunks, a partial last one) is exact in value and both gradients."""
+    import c3a.circulant as circulant
+
+    monkeypatch.setattr(circulant, "MIN_CHUNK_ELEMENTS", 1 << 12)  # 5,000 tokens x 96 features: 4 chunks
+    assert circulant._chunk_tokens(5000, 96) == 1250
     d_in, d_out, p = 64, 96, 16
     kernel = _kernel(d_in, d_out, p).requires_grad_()
     weight = _x((d_out, d_in), seed=2)
@@ -216,8 +220,8 @@ def test_choose_path():
     weight = torch.zeros(32, 32)
     many, few = torch.zeros(2, MERGE_MIN_TOKENS // 2, 32), torch.zeros(MERGE_MIN_TOKENS - 1, 32)
     wide = _kernel(1024, 1024, 8, dtype=torch.float32)
-    assert choose_path(torch.zeros(1000, 1024), torch.zeros(1024, 1024), wide) == "fft"  # W_eff costs more
-    assert choose_path(torch.zeros(1024, 1024), torch.zeros(1024, 1024), wide) == "merged"
+    assert choose_path(torch.zeros(500, 1024), torch.zeros(1024, 1024), wide) == "fft"  # W_eff costs more
+    assert choose_path(torch.zeros(512, 1024), torch.zeros(1024, 1024), wide) == "merged"
     assert choose_path(many, weight, kernel) == "merged"
     assert choose_path(few, weight, kernel) == "fft"
     assert choose_path(many.bfloat16(), weight.bfloat16(), kernel) == "fft"

@@ -1,0 +1,182 @@
+"""Same learning as a plain loop? The instruction path through `run.py` vs a plain PyTorch loop (issue 15 §1).
+
+Both sides get the same rows, prompt, labels, schedule and seed: the rows are the task's own (composed from
+the run.py overrides below: train / test subsets, chat prompt, answer + EOS labels), and the plain loop
+visits them in the trainer's shuffled order, with AdamW (no weight decay), warm-up + cosine, and the same
+evaluation (left-padded greedy generation, first-keyword rule) on the same test rows. It is ~60 lines of
+plain PyTorch/transformers, with `c3a.add_c3a` or PEFT's LoRA; flags change one setting at a time:
+
+  --clip 1.0          clip the global gradient norm at 1.0 (run.py's default; the plain loop's default: none)
+  --answer word       train on the answer word alone + EOS (run.py writes "the correct answer is <word>")
+  --no-eos            no EOS in the labels
+
+`--side runpy` runs `framework.pipeline.run` instead (extra arguments are Hydra overrides, e.g.
+`trainer.max_grad_norm=null`). Prints one `RESULT` line per seed (test accuracy, train seconds).
+Example (the issue's setting, one seed):
+  python scripts/plain_loop.py --method c3a --side plain --seeds 0
+  python scripts/plain_loop.py --method c3a --side runpy --seeds 0 trainer.max_grad_norm=null
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from framework import threads  # noqa: E402
+
+threads.configure()  # before torch loads, as run.py
+
+import torch  # noqa: E402
+
+GLUE = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
+METHODS = {  # the issue's two adapters: overrides for run.py, and the learning rate both sides use
+    "c3a": (["method=c3a", "method.b=null", "method.block_size=64"], 0.3),
+    "lora": (["method=lora", "method.r=8", "method.lora_alpha=16", "method.lora_dropout=0.0"], 3e-4),
+}
+
+
+def overrides(args, seed: int, work: Path) -> list[str]:
+    method, lr = METHODS[args.method]
+    return ["model=smollm2", "task=sst2-instruct", f"task.data_dir={args.data_dir}",
+            f"task.max_train_samples={args.train_rows}", f"task.val_size={args.val_rows}",
+            f"task.max_eval_samples={args.test_rows}", f"trainer.batch_size={args.batch_size}", "trainer.epochs=1",
+            f"trainer.eval_batch_size={args.eval_batch_size}", "trainer.test_every_epoch=false",
+            "trainer.save_best=false", "trainer.checkpoint_every_epoch=false", "trainer.progress_bar=false",
+            "tracker=none", f"seed={seed}", f"paths.root_dir={work}", "force=true",
+            f"paths.cache_dir={args.cache_dir}", *method, f"learning_rates.default.adapter={lr}",
+            f"method.target_modules=[{','.join(args.targets)}]", *args.overrides]
+
+
+def rewrite_answers(rows: list[dict], tokenizer, answer: str, eos: bool) -> list[dict]:
+    """The task's rows with another answer format: the label part (after the prompt) re-tokenised."""
+    out = []
+    for row in rows:
+        ids, labels = torch.as_tensor(row["input_ids"]), torch.as_tensor(row["labels"])
+        prompt = ids[labels == -100]
+        text = tokenizer.decode(ids[labels != -100], skip_special_tokens=True).strip()
+        target = tokenizer(text.split()[-1] if answer == "word" else text, add_special_tokens=False)["input_ids"]
+        target = target + ([tokenizer.eos_token_id] if eos else [])
+        new_ids = torch.cat([prompt, torch.tensor(target, dtype=prompt.dtype)])
+        new_labels = new_ids.clone()
+        new_labels[:len(prompt)] = -100
+        out.append({"input_ids": new_ids.numpy(), "labels": new_labels.numpy()})
+    return out
+
+
+def plain_run(cfg, args, seed: int) -> dict:
+    """The plain loop on the task's rows (the ~60 lines this comparison is about)."""
+    from hydra.utils import instantiate
+    from transformers import AutoModelForCausalLM, AutoTokenizer, get_cosine_schedule_with_warmup
+
+    from framework.gguf_cache import converted_folder
+    from framework.models import resolve_source
+
+    folder = converted_folder(resolve_source(cfg.model.pretrained), cfg.model.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = instantiate(cfg.task, _convert_="all")
+    splits = task.splits(tokenizer)
+    train = list(splits["train"].rows)
+    if args.answer != "sentence" or args.no_eos:
+        train = rewrite_answers(train, tokenizer, args.answer, not args.no_eos)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
+    model.requires_grad_(False)
+    if args.method == "c3a":
+        from c3a import C3AConfig, add_c3a
+
+        add_c3a(model, C3AConfig(target_modules=list(args.targets), block_size=64))
+        params = [p for n, p in model.named_parameters() if "c3a_kernel" in n]
+    else:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=args.targets))
+        params = [p for n, p in model.named_parameters() if "lora_" in n]
+    for p in params:
+        p.requires_grad_(True)
+    lr = METHODS[args.method][1]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    steps = math.ceil(len(train) / args.batch_size)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, int(0.05 * steps), steps)
+    pad = tokenizer.pad_token_id
+    # the trainer's shuffle (framework.trainer.EpochSeededSampler, epoch 0)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 100_003)).tolist()
+    model.train()
+    norms, begin = [], time.perf_counter()
+    for start in range(0, len(order), args.batch_size):
+        rows = [train[i] for i in order[start:start + args.batch_size]]
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        labels = torch.full((len(rows), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):  # right padding
+            n = len(r["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = (torch.as_tensor(r["input_ids"]),
+                                                      torch.as_tensor(r["labels"]), 1)
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+        # the global gradient norm before clipping (an infinite max norm leaves the gradients as they are)
+        norms.append(float(torch.nn.utils.clip_grad_norm_(params, args.clip or math.inf)))
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    train_s = time.perf_counter() - begin
+    model.eval()
+    collate, test = task.collate(tokenizer, "test"), list(splits["test"].rows)
+    hits = 0
+    with torch.no_grad():
+        for start in range(0, len(test), args.eval_batch_size):
+            batch = collate(test[start:start + args.eval_batch_size])
+            hits += sum(v["base"] for v in task.score(task.generate(model, batch, tokenizer), batch))
+    return {"test_accuracy": 100 * hits / len(test), "train_s": train_s, "train_rows": len(train),
+            "test_rows": len(test), "steps": steps,
+            "grad_norm_median": sorted(norms)[len(norms) // 2], "grad_norm_first_last": [norms[0], norms[-1]],
+            # per-element RMS of the gradient: next to AdamW's eps (1e-8) it says whether clipping can matter
+            "grad_rms_median": sorted(norms)[len(norms) // 2] / math.sqrt(sum(p.numel() for p in params))}
+
+
+def runpy_run(cfg) -> dict:
+    from framework.pipeline import run
+
+    result = run(cfg)
+    return {"test_accuracy": 100 * result.test_at_best["accuracy"], "train_s": result.timing.get("train_time_s"),
+            "steps": result.optimizer_steps if hasattr(result, "optimizer_steps") else None}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--method", choices=sorted(METHODS), required=True)
+    parser.add_argument("--side", choices=("plain", "runpy"), default="plain")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--clip", type=float, default=None, help="max gradient norm (plain side; default none)")
+    parser.add_argument("--answer", choices=("sentence", "word"), default="sentence")
+    parser.add_argument("--no-eos", action="store_true")
+    parser.add_argument("--train-rows", type=int, default=512)
+    parser.add_argument("--val-rows", type=int, default=64)
+    parser.add_argument("--test-rows", type=int, default=200)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-batch-size", type=int, default=50)
+    parser.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
+    parser.add_argument("--data-dir", type=Path, default=GLUE)
+    parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "plain_loop")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides (both sides read the task from them)")
+    args = parser.parse_args(argv)
+    from framework.compose import compose_config
+
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory(prefix="plain_loop_") as work:
+            cfg = compose_config(overrides(args, seed, Path(work)), Path(work))
+            begin = time.perf_counter()
+            out = plain_run(cfg, args, seed) if args.side == "plain" else runpy_run(cfg)
+        setting = {"method": args.method, "side": args.side, "seed": seed, "clip": args.clip, "answer": args.answer,
+                   "eos": not args.no_eos, "overrides": args.overrides}
+        print("RESULT " + json.dumps({**setting, **out, "wall_s": round(time.perf_counter() - begin, 1)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
