@@ -1,6 +1,8 @@
 """Every config group member composes, resolves and instantiates; struct mode catches typos."""
 from __future__ import annotations
 
+import json
+
 import pytest
 from hydra.errors import ConfigCompositionException, InstantiationException
 from hydra.utils import instantiate
@@ -103,3 +105,62 @@ def test_learning_rates_do_not_depend_on_the_order_of_the_defaults_list(tmp_path
                       ["experiment=table2/large_c3a_b8", "task=qnli"]):
         assert learning_rates(CONF, overrides) == learning_rates(swapped, overrides), overrides
     assert learning_rates(swapped, ["task=mrpc"])[:2] == (pytest.approx(0.3), pytest.approx(4e-6))
+
+
+TASK_CONFIGS = ROOT / "tests" / "data" / "task_configs.json"
+
+
+def _raw(cfg) -> dict:
+    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=False)
+
+
+def test_every_task_composes_to_the_config_recorded_before_the_family_bases():
+    """The family bases (conf/task_family/) moved shared keys out of the task files and changed no composed
+    value, key order included; task files set only ``task`` and ``trainer``, so every other node is the same
+    for every task. A deliberate change to a task's defaults updates tests/data/task_configs.json with it."""
+    recorded = json.loads(TASK_CONFIGS.read_text())["tasks"]
+    assert sorted(recorded) == _options("task")
+    others = None
+    for name, nodes in recorded.items():
+        raw = _raw(compose_cfg([f"task={name}"], ROOT))
+        got = {"task": raw.pop("task"), "trainer": raw.pop("trainer")}
+        assert json.dumps(got) == json.dumps(nodes), name  # the same values in the same order
+        others = others or raw
+        assert raw == others, f"task={name} changed a node other than task and trainer"
+
+
+def _family_base(task_file) -> tuple[str | None, dict]:
+    """The family base a task file names in its defaults list, and what the task file itself sets."""
+    own = OmegaConf.to_container(OmegaConf.load(task_file), resolve=False)
+    bases = [d for d in own.pop("defaults", []) if isinstance(d, str) and d.startswith("/task_family/")]
+    return (bases[0] if bases else None), own
+
+
+@pytest.mark.parametrize("task", _options("task"))
+def test_a_task_file_holds_only_what_differs_from_its_family_base(task):
+    """RTE and MRPC used to be two 17-line copies differing in 3 lines. Now a task of a family (GLUE,
+    image classification, instruction) starts from its base and sets only its own values: a key it
+    repeats with the base's value is a copy again. DreamBooth is a family of one: it has no base."""
+    base_name, own = _family_base(CONF / "task" / f"{task}.yaml")
+    if task == "dreambooth":
+        assert base_name is None
+        return
+    assert base_name is not None, f"conf/task/{task}.yaml names no /task_family/ base in its defaults list"
+    base = OmegaConf.to_container(OmegaConf.load(CONF / f"{base_name.lstrip('/')}.yaml"), resolve=False)
+    for node in ("task", "trainer"):
+        repeated = {k: v for k, v in own.get(node, {}).items() if k in base.get(node, {}) and base[node][k] == v}
+        assert not repeated, f"conf/task/{task}.yaml repeats its base {base_name}: {node}.{repeated}"
+
+
+def test_every_key_of_a_model_entry_is_read_by_something():
+    """A model entry's keys are read by the code (``entry["targets"]``, ``model_cfg.get("dtype")``, ...) or by
+    an interpolation in another config file (``${model.c3a...}``). ``family: roberta`` was read by nothing."""
+    import re
+
+    code = "\n".join(p.read_text() for folder in ("framework", "baselines", "scripts")
+                     for p in sorted((ROOT / folder).rglob("*.py")))
+    configs = "\n".join(p.read_text() for p in sorted(CONF.rglob("*.yaml")) if p.parent.name != "model")
+    keys = {key for p in (CONF / "model").glob("*.yaml") for key in OmegaConf.load(p) if key != "defaults"}
+    unread = sorted(k for k in keys if not re.search(rf"[\"'.]{re.escape(k)}\b(?!-)", code)
+                    and not re.search(rf"\bmodel\.{re.escape(k)}\b", configs))
+    assert not unread, f"model entry keys nothing reads: {unread}"
