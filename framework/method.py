@@ -10,7 +10,7 @@ freezes those embeddings too, even under full fine-tuning: they are one tensor.
 """
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass, field
 
 from torch import nn
@@ -72,9 +72,13 @@ class Method(ABC):
         check_head(model, head)
         self.check_model(model, head)
 
-    @abstractmethod
     def adapt(self, model: nn.Module, head: Head) -> nn.Module:
-        """Add the method's parameters (in place or by wrapping) and freeze all else; return the model."""
+        """Add the method's parameters (in place or by wrapping) and freeze all else; return the model.
+
+        This default adds nothing and freezes everything (head-only training, zero-shot): the template then
+        gives the head its gradients when it trains."""
+        freeze_all(model)
+        return model
 
     def apply(self, model: nn.Module, head: Head) -> Adapted:
         """Validate, adapt, then give the head its gradients (or take them away) and split what trains."""

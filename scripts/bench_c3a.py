@@ -20,7 +20,11 @@ activations, gradients, transients). On CUDA: torch.cuda.max_memory_allocated ab
 
 Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better), and a
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
-Run: python scripts/bench_c3a.py [--quick] [--model-pairs 5]
+Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
+k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
+q,k,v,up,down, in float32 and under bfloat16 autocast: `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time`
+(wall) and `..._step_cpu_time` (CPU seconds), medians of the per-pair ratios with a SPREAD line each.
+Run: python scripts/bench_c3a.py [--quick] [--model-pairs 5] [--parts llama] [--llama-layers 30]
 """
 from __future__ import annotations
 
@@ -251,6 +255,73 @@ def bench_model(batch, seq, num_layers, device, memory, pairs, sync) -> dict:
     return {"ratios": ratios, "peak": {name: statistics.median(values) for name, values in peaks.items()}}
 
 
+LLAMA_TARGETS = {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]}
+
+
+def build_llama(method: str, targets: list[str], num_layers: int, device, vocab_size: int = 49152):
+    """SmolLM2-135M's shapes (d=576, 9 heads / 3 KV heads: k/v 576->192, MLP 1536), random weights, frozen;
+    LoRA r=8 (alpha 16, no dropout, PEFT) or ours via c3a.add_c3a (block 64; 192 on up/down)."""
+    import peft
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from c3a import C3AConfig, add_c3a
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=576, intermediate_size=1536, num_hidden_layers=num_layers,
+                         num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,
+                         rms_norm_eps=1e-5, rope_theta=100000.0, tie_word_embeddings=True)
+    model = LlamaForCausalLM(config).to(device)
+    model.requires_grad_(False)
+    if method == "lora":
+        return peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
+    return add_c3a(model, C3AConfig(target_modules=targets, block_size=64,
+                                    block_size_pattern={"up_proj": 192, "down_proj": 192}))
+
+
+def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, device, sync, vocab_size: int = 49152) -> dict:
+    """Paired training steps (LoRA, ours; then ours, LoRA; ...) on one batch of 8 x 64 random tokens (labels = the
+    tokens), float32 or bfloat16 autocast (the kernels and LoRA's weights stay float32). Ratios per pair: wall
+    time, and CPU time (process_time: on a machine shared with other jobs the steadier measure of work done)."""
+    gen = torch.Generator(device=device).manual_seed(3)
+    input_ids = torch.randint(0, vocab_size, (8, 64), device=device, generator=gen)
+    steps = {}
+    for method in ("lora", "ours"):
+        model = build_llama(method, LLAMA_TARGETS[targets_name], num_layers, device, vocab_size)
+        model.train()
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=1e-4)
+
+        def step(model=model, optimizer=optimizer):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                loss = model(input_ids=input_ids, labels=input_ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        steps[method] = step
+    for step in steps.values():
+        step()
+    wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
+    for pair in range(pairs):
+        for name in (("lora", "ours") if pair % 2 == 0 else ("ours", "lora")):
+            sync()
+            begin, cpu_begin = time.perf_counter(), time.process_time()
+            steps[name]()
+            sync()
+            wall[name].append(time.perf_counter() - begin)
+            cpu[name].append(time.process_time() - cpu_begin)
+    ratios = {"wall": [o / l for o, l in zip(wall["ours"], wall["lora"])],
+              "cpu": [o / l for o, l in zip(cpu["ours"], cpu["lora"])]}
+    print(f"\nLlama (SmolLM2-135M shapes, {num_layers} layers) training step, 8 x 64 tokens, {dtype}, "
+          f"targets {','.join(LLAMA_TARGETS[targets_name])}, {pairs} pairs")
+    for name in steps:
+        print(f"  {name:<6} wall ms " + " ".join(f"{s * 1e3:.0f}" for s in wall[name])
+              + "   cpu ms " + " ".join(f"{s * 1e3:.0f}" for s in cpu[name]))
+    for kind, values in ratios.items():
+        print(f"  ours / lora per pair ({kind}): " + " ".join(f"{r:.3f}" for r in values), flush=True)
+    return ratios
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small token counts and model (a smoke run)")
@@ -260,7 +331,15 @@ def main(argv=None) -> None:
                         help="timed (LoRA, ours) pairs of the model step; its ratio is the median over pairs")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the CPUs this process may use)")
+    parser.add_argument("--parts", default="roberta,llama", help="roberta, llama or both (comma-separated)")
+    parser.add_argument("--llama-pairs", type=int, default=5, help="timed (LoRA, ours) pairs per Llama setting")
+    parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
+    parser.add_argument("--llama-bf16-layers", type=int, default=4,
+                        help="decoder layers under bfloat16 autocast (slow on CPUs without bf16 matmul units)")
     args = parser.parse_args(argv)
+    parts = set(args.parts.split(","))
+    if not parts or parts - {"roberta", "llama"}:
+        parser.error(f"--parts={args.parts!r}: choose from roberta, llama (comma-separated)")
     if args.model_pairs < 1:
         parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
 
@@ -285,11 +364,27 @@ def main(argv=None) -> None:
     print("peak memory: " + ("torch.cuda.max_memory_allocated above the start" if device.type == "cuda" else
                              "peak RSS (VmHWM) above the RSS at the start of the step"))
     begin = time.perf_counter()
+    ratios, spreads = {}, {}
+    if "llama" in parts:
+        settings = [("fp32", args.llama_layers)] + ([] if args.quick else [("bf16", args.llama_bf16_layers)])
+        for dtype, num_layers in settings:  # --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
+            for targets_name in LLAMA_TARGETS:
+                layers_here = 2 if args.quick else num_layers
+                pairs = min(args.llama_pairs, 2) if args.quick else args.llama_pairs
+                got = bench_llama(targets_name, dtype, layers_here, pairs, device, sync,
+                                  vocab_size=1024 if args.quick else 49152)
+                for kind, values in got.items():
+                    name = f"llama_{targets_name}_{dtype}_c3a_vs_lora_step_{'time' if kind == 'wall' else 'cpu_time'}"
+                    ratios[name] = statistics.median(values)
+                    spreads[name] = values
+    if "roberta" not in parts:
+        print(f"\ntotal benchmark time {time.perf_counter() - begin:.0f} s\n")
+        _print_ratios(ratios, spreads)
+        return
     layers = bench_layers(token_shapes, device, memory, layer_warmup, layer_repeats, sync)
     model = bench_model(*model_shape, model_layers, device, memory, model_pairs, sync)
     print(f"\ntotal benchmark time {time.perf_counter() - begin:.0f} s")
 
-    ratios = {}
     for (model_name, tokens), row in layers.items():
         t = {m: row[m][0] for m in LAYER_METHODS}
         peak = {m: row[m][1] for m in LAYER_METHODS}
@@ -305,11 +400,16 @@ def main(argv=None) -> None:
         ratios[name] = statistics.geometric_mean(values) if all(v > 0 for v in values) else statistics.mean(values)
     ratios["c3a_vs_lora_step_time"] = statistics.median(model["ratios"])
     ratios["c3a_vs_lora_step_peak_memory"] = model["peak"]["ours"] / model["peak"]["lora"]
+    spreads["c3a_vs_lora_step_time"] = model["ratios"]
     print()
+    _print_ratios(ratios, spreads)
+
+
+def _print_ratios(ratios: dict, spreads: dict) -> None:
     for name, value in ratios.items():
         print(f"RATIO {name} {value:.4f}")
-    print(f"SPREAD c3a_vs_lora_step_time min={min(model['ratios']):.4f} max={max(model['ratios']):.4f} "
-          f"pairs={len(model['ratios'])}")
+    for name, values in spreads.items():
+        print(f"SPREAD {name} min={min(values):.4f} max={max(values):.4f} pairs={len(values)}")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
-# importing demo first sets the environment both scripts run in (offline, OMP_WAIT_POLICY) before torch loads
+# threads and OMP_WAIT_POLICY as run.py sets them, before torch loads
+from framework import threads  # noqa: E402
+
+threads.configure()
 from framework.compose import compose_config  # noqa: E402  (the config `python run.py <overrides>` runs)
 
 import numpy as np  # noqa: E402
@@ -137,6 +140,82 @@ def plain_loop(data: dict, settings, model_dir: str, seed: int, max_length: int,
             "val": val, "test": test[int(np.argmax(val))]}
 
 
+def instruct_pairs(args) -> dict:
+    """The instruction path (SmolLM2-135M-Instruct, SST-2 as chat instructions, C3A on q/v, LR 0.3): the trainer
+    (`framework.pipeline.run`) vs scripts/plain_loop.py's plain loop on the same rows, alternating; then the
+    evaluation's greedy generation vs a plain `model.generate` loop on the same test rows and weights."""
+    import plain_loop
+
+    settings = argparse.Namespace(method="c3a", targets=["q_proj", "v_proj"], answer="sentence", no_eos=False,
+                                  clip=1.0, train_rows=args.instruct_train_rows, val_rows=8,
+                                  test_rows=args.instruct_test_rows, batch_size=8, eval_batch_size=16,
+                                  data_dir=args.glue_sst2, cache_dir=args.work_dir / "cache", overrides=[])
+    train = {"trainer": [], "plain": []}
+    for pair in range(args.instruct_pairs):
+        for side in (("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")):
+            cfg = compose_config(plain_loop.overrides(settings, args.seed, args.work_dir / f"i{pair}"),
+                                 args.work_dir / f"i{pair}")
+            out = plain_loop.runpy_run(cfg) if side == "trainer" else plain_loop.plain_run(cfg, settings, args.seed)
+            train[side].append(out["train_s"])
+            print(f"instruct pair {pair + 1} {side}: train {out['train_s']:.1f}s test acc {out['test_accuracy']:.1f}",
+                  flush=True)
+    generation = generation_pairs(settings, args, cfg)
+    return {"instruct_trainer_vs_plain_loop_train_epochs": [t / p for t, p in zip(train["trainer"], train["plain"])],
+            "instruct_eval_generation_tokens_per_s_trainer_vs_plain": generation}
+
+
+def generation_pairs(settings, args, cfg) -> list[float]:
+    """Tokens/s of the trainer's evaluation (framework.trainer.evaluate: the task's left-padded batches, sorted
+    by length, greedy generate) over those of a plain loop (sorted by length, model.generate with the KV cache,
+    stopping when every row has its EOS) on the same rows; per pair: plain time / trainer time."""
+    from hydra.utils import instantiate
+    from torch.utils.data import DataLoader
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    from framework.gguf_cache import converted_folder
+    from framework.models import resolve_source
+    from framework.trainer import TrainerSettings, evaluate, make_accelerator
+
+    folder = converted_folder(resolve_source(cfg.model.pretrained), cfg.model.gguf_file)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    task = instantiate(cfg.task, _convert_="all")
+    rows = list(task.splits(tokenizer)["test"].rows)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    accelerator = make_accelerator(TrainerSettings(device="cpu"))
+    loader = DataLoader(rows, batch_size=settings.eval_batch_size, collate_fn=task.collate(tokenizer, "test"))
+    config = GenerationConfig(max_new_tokens=task.max_new_tokens, do_sample=False, num_beams=1,
+                              pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+
+    def plain() -> int:
+        tokens = 0
+        prompts = sorted((r["prompt_ids"] for r in rows), key=len)
+        tokenizer.padding_side = "left"
+        with torch.no_grad():
+            for start in range(0, len(prompts), settings.eval_batch_size):
+                batch = tokenizer.pad({"input_ids": [list(p) for p in prompts[start:start + settings.eval_batch_size]]},
+                                      return_tensors="pt")
+                new = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:]
+                done = (new == tokenizer.eos_token_id).int().cumsum(1)
+                tokens += int(((done == 0) | ((done == 1) & (new == tokenizer.eos_token_id))).sum())
+        return tokens
+
+    ratios = []
+    for pair in range(args.instruct_pairs):
+        times = {}
+        for side in (("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")):
+            begin = time.perf_counter()
+            tokens = plain() if side == "plain" else None
+            if side == "trainer":
+                evaluate(accelerator, model, loader, task, tokenizer)
+            times[side] = time.perf_counter() - begin
+            if tokens is not None:
+                generated = tokens
+        ratios.append(times["plain"] / times["trainer"])
+        print(f"generation pair {pair + 1}: {generated} tokens, trainer {generated / times['trainer']:.1f} tok/s, "
+              f"plain {generated / times['plain']:.1f} tok/s", flush=True)
+    return ratios
+
+
 def spread(values: list[float]) -> str:
     return f"median {statistics.median(values):.4f}  min {min(values):.4f}  max {max(values):.4f}  " \
            f"(pairs: {' '.join(f'{v:.3f}' for v in values)})"
@@ -154,8 +233,17 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA, help="a GLUE SST-2 folder (train.tsv, dev.tsv)")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: framework/threads.py's)")
+    parser.add_argument("--paths", default="minilm,instruct", help="minilm, instruct or both (comma-separated)")
+    parser.add_argument("--instruct-pairs", type=int, default=2)
+    parser.add_argument("--instruct-train-rows", type=int, default=32, help="SmolLM2 training rows (batch 8)")
+    parser.add_argument("--instruct-test-rows", type=int, default=32)
+    parser.add_argument("--glue-sst2", type=Path, default=ROOT.parent / "shared" / "data" / "glue" / "SST-2",
+                        help="a GLUE SST-2 folder for the instruction path")
     args = parser.parse_args(argv)
+    paths = set(args.paths.split(","))
+    if not paths or paths - {"minilm", "instruct"}:
+        parser.error(f"--paths={args.paths!r}: choose from minilm, instruct (comma-separated)")
     if args.pairs < 1:
         parser.error(f"--pairs={args.pairs} must be >= 1")
     if args.threads:
@@ -164,35 +252,39 @@ def main(argv=None) -> int:
     from framework.trainer import TrainerSettings
     from omegaconf import OmegaConf
 
+    ratios = {}
     with tempfile.TemporaryDirectory(prefix="bench_loop_") as work:
         args.work_dir = Path(work)
-        cfg = compose_config(overrides(args), args.work_dir / "probe")
-        settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
-        model_dir = resolve_source(cfg.model.pretrained)
-        data = plain_data(args)
-        sizes = {name: len(texts) for name, (texts, _) in data.items()}
-        print(f"MiniLM + LoRA r=8 on SST-2 {sizes}, {args.epochs} epochs, batch {settings.batch_size}, "
-              f"max length {args.max_length}, lr adapter {settings.lr_adapter} head {settings.lr_head}, "
-              f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
-        print("warm-up (untimed) ...", flush=True)
-        trainer_run(args, "warmup")
-        plain_loop({k: (v[0][:8], v[1][:8]) for k, v in data.items()}, settings, model_dir, args.seed,
-                   args.max_length, 1)
-        rows = []
-        for pair in range(args.pairs):
-            order = ("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")
-            out = {}
-            for side in order:
-                out[side] = (trainer_run(args, f"pair{pair}") if side == "trainer" else
-                             plain_loop(data, settings, model_dir, args.seed, args.max_length, args.epochs))
-            rows.append(out)
-            print(f"pair {pair + 1}/{args.pairs} ({' then '.join(order)}): "
-                  + "  ".join(f"{side} {o['wall_s']:.1f}s (cpu {o['cpu_s']:.1f}s, train {o['train_s']:.1f}s, val "
-                              f"{' '.join(f'{v:.3f}' for v in o['val'])}, test {o['test']:.3f})"
-                              for side, o in out.items()), flush=True)
-    ratios = {name: [r["trainer"][key] / r["plain"][key] for r in rows] for name, key in
-              (("trainer_vs_plain_loop", "wall_s"), ("trainer_vs_plain_loop_train_epochs", "train_s"),
-               ("trainer_vs_plain_loop_cpu_time", "cpu_s"))}
+        if "minilm" in paths:
+            cfg = compose_config(overrides(args), args.work_dir / "probe")
+            settings = TrainerSettings.from_config(OmegaConf.to_container(cfg.trainer, resolve=True))
+            model_dir = resolve_source(cfg.model.pretrained)
+            data = plain_data(args)
+            sizes = {name: len(texts) for name, (texts, _) in data.items()}
+            print(f"MiniLM + LoRA r=8 on SST-2 {sizes}, {args.epochs} epochs, batch {settings.batch_size}, "
+                  f"max length {args.max_length}, lr adapter {settings.lr_adapter} head {settings.lr_head}, "
+                  f"torch threads {torch.get_num_threads()}, {os.cpu_count()} CPUs", flush=True)
+            print("warm-up (untimed) ...", flush=True)
+            trainer_run(args, "warmup")
+            plain_loop({k: (v[0][:8], v[1][:8]) for k, v in data.items()}, settings, model_dir, args.seed,
+                       args.max_length, 1)
+            rows = []
+            for pair in range(args.pairs):
+                order = ("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")
+                out = {}
+                for side in order:
+                    out[side] = (trainer_run(args, f"pair{pair}") if side == "trainer" else
+                                 plain_loop(data, settings, model_dir, args.seed, args.max_length, args.epochs))
+                rows.append(out)
+                print(f"pair {pair + 1}/{args.pairs} ({' then '.join(order)}): "
+                      + "  ".join(f"{side} {o['wall_s']:.1f}s (cpu {o['cpu_s']:.1f}s, train {o['train_s']:.1f}s, val "
+                                  f"{' '.join(f'{v:.3f}' for v in o['val'])}, test {o['test']:.3f})"
+                                  for side, o in out.items()), flush=True)
+            ratios.update({name: [r["trainer"][key] / r["plain"][key] for r in rows] for name, key in
+                           (("trainer_vs_plain_loop", "wall_s"), ("trainer_vs_plain_loop_train_epochs", "train_s"),
+                            ("trainer_vs_plain_loop_cpu_time", "cpu_s"))})
+        if "instruct" in paths:
+            ratios.update(instruct_pairs(args))
     print()
     for name, values in ratios.items():
         print(f"{name:<36} {spread(values)}")

@@ -143,7 +143,7 @@ def runpy_run(cfg) -> dict:
     from framework.pipeline import run
 
     result = run(cfg)
-    return {"test_accuracy": 100 * result.test_at_best["accuracy"], "train_s": result.timing.get("train_time_s"),
+    return {"test_accuracy": 100 * result.test_at_best["score"], "train_s": result.timing.get("train_time_s"),
             "steps": result.optimizer_steps if hasattr(result, "optimizer_steps") else None}
 
 
@@ -165,6 +165,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "plain_loop")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (both sides read the task from them)")
     args = parser.parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("framework").setLevel(logging.INFO)  # the pipeline's summary line (test score)
     from framework.compose import compose_config
 
     for seed in args.seeds:

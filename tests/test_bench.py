@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory", "c3a_vs_lora_step_time"]
+LLAMA = [f"llama_{targets}_fp32_c3a_vs_lora_step_{kind}" for targets in ("qv", "all") for kind in ("time", "cpu_time")]
+REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory", "c3a_vs_lora_step_time",
+            *LLAMA]
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
@@ -35,3 +37,5 @@ def test_bench_quick_prints_ratios():
     [per_pair] = [line for line in proc.stdout.splitlines() if "ours / lora per pair:" in line]
     values = sorted(float(v) for v in per_pair.split(":")[1].split())
     assert len(values) == 3 and abs(values[1] - ratios["c3a_vs_lora_step_time"]) < 1e-3
+    for name in LLAMA:  # the Llama-path ratios: medians of paired steps, with their spread
+        assert spreads[name]["pairs"] == 2 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"], name

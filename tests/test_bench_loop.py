@@ -71,7 +71,8 @@ def test_trainer_scores_test_once_per_epoch_and_reuses_those_scores(tmp_path, mo
 def test_bench_loop_prints_ratios():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
     command = [sys.executable, str(ROOT / "scripts" / "bench_loop.py"), "--pairs", "1", "--train-samples", "32",
-               "--val-size", "8", "--test-samples", "16", "--epochs", "1", "--max-length", "16", "--threads", "1"]
+               "--val-size", "8", "--test-samples", "16", "--epochs", "1", "--max-length", "16", "--threads", "1",
+               "--paths", "minilm"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ratios = {line.split()[1]: float(line.split()[2]) for line in proc.stdout.splitlines() if line.startswith("RATIO ")}

@@ -1,0 +1,103 @@
+"""Two training runs at once on one machine: step time with torch's default threads vs framework/threads.py's.
+
+Each condition starts two worker processes at the same moment; each runs a warm-up step and then `--steps`
+training steps of a small Llama (SmolLM2-135M's shapes, `--layers` decoder layers, random weights, C3A on
+q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
+  default   OMP_WAIT_POLICY and OMP_NUM_THREADS unset: what run.py did before (torch takes one thread per
+            core it sees, OpenMP threads spin while they wait)
+  fitted    framework.threads.configure(), as run.py does now: passive waiting, threads = the CPUs the
+            process may use (here both processes see all cores)
+  shared    the same with SLURM_CPUS_PER_TASK = cores / 2: each run was given its half of the machine, as a
+            scheduler would (the default ignores that variable)
+Rounds alternate the order of the conditions. Ends with `RATIO concurrent_step_<cond>_vs_default <median>`
+(per round: the mean over the two workers of their median step time, relative to default's) and a SPREAD line.
+The machine may be loaded by other jobs: compare within a round, not across runs.
+Run: python scripts/bench_threads.py [--rounds 2] [--steps 6] [--layers 4]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONDITIONS = ("default", "fitted", "shared")
+
+
+def worker(args) -> None:
+    """One run: configure threads (or not) before torch loads, then time training steps."""
+    sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
+    if args.condition != "default":
+        from framework import threads
+
+        threads.configure()
+    import torch
+
+    from bench_c3a import build_llama
+
+    model = build_llama("ours", ["q_proj", "v_proj"], args.layers, torch.device("cpu"))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    ids = torch.randint(0, 49152, (8, 64), generator=torch.Generator().manual_seed(0))
+    times = []
+    for step in range(args.steps + 1):
+        begin = time.perf_counter()
+        model(input_ids=ids, labels=ids).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if step:  # the first is the warm-up
+            times.append(time.perf_counter() - begin)
+    print(json.dumps({"condition": args.condition, "threads": torch.get_num_threads(),
+                      "wait_policy": os.environ.get("OMP_WAIT_POLICY"), "median_step_s": statistics.median(times)}))
+
+
+def run_condition(condition: str, args) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    if condition == "shared":
+        env["SLURM_CPUS_PER_TASK"] = str(max(1, len(os.sched_getaffinity(0)) // 2))
+    command = [sys.executable, __file__, "--worker", condition, "--steps", str(args.steps), "--layers", str(args.layers)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    outs = [proc.communicate()[0] for proc in procs]
+    if any(proc.returncode for proc in procs):
+        raise SystemExit(f"a {condition} worker failed")
+    return [json.loads(out.strip().splitlines()[-1]) for out in outs]
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=6)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--worker", choices=CONDITIONS, dest="condition", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.condition:
+        worker(args)
+        return 0
+    load = os.getloadavg()[0]
+    print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load:.1f} at the start", flush=True)
+    per_round = []
+    for index in range(args.rounds):
+        order = CONDITIONS if index % 2 == 0 else CONDITIONS[::-1]
+        row = {}
+        for condition in order:
+            workers = run_condition(condition, args)
+            row[condition] = statistics.mean(w["median_step_s"] for w in workers)
+            print(f"round {index + 1} {condition:<8} threads {workers[0]['threads']} wait "
+                  f"{workers[0]['wait_policy']}: step s " + " ".join(f"{w['median_step_s']:.2f}" for w in workers),
+                  flush=True)
+        per_round.append(row)
+    print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    for condition in CONDITIONS[1:]:
+        values = [row[condition] / row["default"] for row in per_round]
+        print(f"RATIO concurrent_step_{condition}_vs_default {statistics.median(values):.4f}")
+        print(f"SPREAD concurrent_step_{condition}_vs_default min={min(values):.4f} max={max(values):.4f} "
+              f"rounds={len(values)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
