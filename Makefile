@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all params bench bench-loop bench-threads plain-loop memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,8 +47,11 @@ memory-gpu: ## Peak training memory at the paper's protocol (CUDA, random weight
 	$(PYTHON) scripts/measure_memory.py --device cuda
 	$(PYTHON) scripts/measure_memory.py --device cuda --table table3 --batch-size 16 --seq-len 256
 
-bench-loop: ## The trainer's own cost: the same MiniLM fine-tune through the trainer and a plain loop (ratio)
+bench-loop: ## The trainer's own cost vs a plain loop: MiniLM fine-tune, and SmolLM2 instruction training + generation (ratios)
 	$(PYTHON) scripts/bench_loop.py
+
+bench-threads: ## Two training runs at once: step time with torch's default threads vs run.py's fitted threads (ratios)
+	$(PYTHON) scripts/bench_threads.py
 
 cost: ## What the full Table 2 costs (runs, steps, tokens, GPU-hours) before you start
 	$(PYTHON) scripts/estimate_cost.py
@@ -72,6 +75,10 @@ llama-cpu: ## SmolLM2-135M (pip package) on SST-2 as instructions: zero-shot vs 
 	$(PYTHON) run.py $(LLAMA_CPU) method=zero_shot
 	$(PYTHON) run.py $(LLAMA_CPU) method=c3a method.b=null method.block_size=64 +method.block_size_pattern.up_proj=192 +method.block_size_pattern.down_proj=192 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=0.3
 	$(PYTHON) run.py $(LLAMA_CPU) method=lora method.r=8 method.lora_alpha=16 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=1e-3
+
+SEEDS ?= 0 1 2
+plain-loop: ## run.py vs a plain loop on the same SmolLM2 SST-2 rows (512 x 64 steps), C3A and LoRA, SEEDS=…; GLUE_DIR=… (hours on CPU)
+	for m in c3a lora; do for side in plain runpy; do $(PYTHON) scripts/plain_loop.py --method $$m --side $$side --seeds $(SEEDS) --data-dir $(GLUE_DIR)/SST-2 || exit 1; done; done
 
 table3: ## Table 3 sweep (GPU, Hub): LLaMA2-7B/3-8B x C3A, LoRA, DoRA, VeRA on commonsense; DATA=LLM-Adapters checkout
 	$(PYTHON) run.py -m experiment=table3/llama2_c3a,table3/llama2_lora,table3/llama2_dora,table3/llama2_vera,table3/llama3_c3a,table3/llama3_lora,table3/llama3_dora,table3/llama3_vera task.data_dir=$(DATA)
