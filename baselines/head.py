@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Method, freeze_all
+from framework.method import Method
 from framework.models import Head
 
 
@@ -14,10 +14,6 @@ class HeadOnlyMethod(Method):
         if not head.trains:
             raise ValueError(f"head-only training with a frozen head {list(head.modules)} trains nothing (the task "
                              f"keeps its head frozen, e.g. a causal LM's lm_head); choose another method")
-
-    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
-        freeze_all(model)
-        return model
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "Head"}

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from framework.method import Method, freeze_all
+from framework.method import Method
 from framework.models import Head
 
 
@@ -20,10 +20,6 @@ class ZeroShotMethod(Method):
             raise ValueError(f"method=zero_shot scores the model as it is, but this task trains a new head "
                              f"{list(head.modules)} whose weights would be random; zero-shot needs a task that "
                              f"keeps the model's own head (instruction tasks: sst2-instruct, math, code, ...)")
-
-    def adapt(self, model: nn.Module, head: Head) -> nn.Module:
-        freeze_all(model)
-        return model
 
     def describe(self) -> dict:
         return {"name": self.name, "label": "Zero-shot"}
