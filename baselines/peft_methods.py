@@ -12,8 +12,8 @@ from abc import abstractmethod
 
 from torch import nn
 
-from framework.method import Adapted, Method, in_modules, linear_layer_names
-from framework.models import Head
+from framework.method import Adapted, Method, linear_layer_names
+from framework.models import Head, in_modules
 
 
 def _as_targets(targets) -> str | list[str]:
