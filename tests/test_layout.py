@@ -38,3 +38,25 @@ def test_no_adapter_module_names_the_framework():
         text = path.read_text()
         for package in ("framework", "baselines", "hydra", "accelerate"):
             assert f"import {package}" not in text and f"from {package}" not in text, (path, package)
+
+
+def test_no_module_level_function_is_written_twice():
+    """One helper per rule: a module-level function whose body (docstring aside) is the same as another's in
+    framework/, baselines/ or scripts/ is a copy (``_is_int`` stood in four modules). The adapter (c3a/) keeps
+    its own copies: it stands alone."""
+    import ast
+
+    seen: dict[str, str] = {}
+    copies = []
+    for folder in ("framework", "baselines", "scripts"):
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for node in ast.parse(path.read_text()).body:
+                if not isinstance(node, ast.FunctionDef):
+                    continue
+                body = node.body[1:] if ast.get_docstring(node) is not None else node.body
+                key = ast.dump(ast.Module(body=body, type_ignores=[]))
+                where = f"{path.relative_to(ROOT).as_posix()}:{node.name}"
+                if key in seen:
+                    copies.append((seen[key], where))
+                seen.setdefault(key, where)
+    assert not copies, copies
