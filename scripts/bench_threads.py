@@ -10,7 +10,8 @@ q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
   shared    the same with SLURM_CPUS_PER_TASK = cores / 2: each run was given its half of the machine, as a
             scheduler would (the default ignores that variable)
 Rounds alternate the order of the conditions. Ends with `RATIO concurrent_step_<cond>_vs_default <median>`
-(per round: the mean over the two workers of their median step time, relative to default's) and a SPREAD line.
+(per round: the mean over the two workers of their median step time, relative to default's), the same for CPU
+seconds per step (`concurrent_step_cpu_...`: spinning threads burn CPU without doing work) and SPREAD lines.
 The machine may be loaded by other jobs: compare within a round, not across runs.
 Run: python scripts/bench_threads.py [--rounds 2] [--steps 6] [--layers 4]
 """
@@ -43,16 +44,18 @@ def worker(args) -> None:
     model = build_llama("ours", ["q_proj", "v_proj"], args.layers, torch.device("cpu"))
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     ids = torch.randint(0, 49152, (8, 64), generator=torch.Generator().manual_seed(0))
-    times = []
+    times, cpu_times = [], []
     for step in range(args.steps + 1):
-        begin = time.perf_counter()
+        begin, cpu_begin = time.perf_counter(), time.process_time()
         model(input_ids=ids, labels=ids).loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if step:  # the first is the warm-up
             times.append(time.perf_counter() - begin)
+            cpu_times.append(time.process_time() - cpu_begin)
     print(json.dumps({"condition": args.condition, "threads": torch.get_num_threads(),
-                      "wait_policy": os.environ.get("OMP_WAIT_POLICY"), "median_step_s": statistics.median(times)}))
+                      "wait_policy": os.environ.get("OMP_WAIT_POLICY"), "median_step_s": statistics.median(times),
+                      "median_step_cpu_s": statistics.median(cpu_times)}))
 
 
 def run_condition(condition: str, args) -> list[dict]:
@@ -86,16 +89,18 @@ def main(argv=None) -> int:
         for condition in order:
             workers = run_condition(condition, args)
             row[condition] = statistics.mean(w["median_step_s"] for w in workers)
+            row[condition + "_cpu"] = statistics.mean(w["median_step_cpu_s"] for w in workers)
             print(f"round {index + 1} {condition:<8} threads {workers[0]['threads']} wait "
-                  f"{workers[0]['wait_policy']}: step s " + " ".join(f"{w['median_step_s']:.2f}" for w in workers),
-                  flush=True)
+                  f"{workers[0]['wait_policy']}: step s " + " ".join(f"{w['median_step_s']:.2f}" for w in workers)
+                  + "  CPU s per step " + " ".join(f"{w['median_step_cpu_s']:.2f}" for w in workers), flush=True)
         per_round.append(row)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     for condition in CONDITIONS[1:]:
-        values = [row[condition] / row["default"] for row in per_round]
-        print(f"RATIO concurrent_step_{condition}_vs_default {statistics.median(values):.4f}")
-        print(f"SPREAD concurrent_step_{condition}_vs_default min={min(values):.4f} max={max(values):.4f} "
-              f"rounds={len(values)}")
+        for suffix, kind in (("", "step"), ("_cpu", "step_cpu")):  # cpu: CPU seconds burnt per step (spinning counts)
+            values = [row[condition + suffix] / row["default" + suffix] for row in per_round]
+            print(f"RATIO concurrent_{kind}_{condition}_vs_default {statistics.median(values):.4f}")
+            print(f"SPREAD concurrent_{kind}_{condition}_vs_default min={min(values):.4f} max={max(values):.4f} "
+                  f"rounds={len(values)}")
     return 0
 
 
