@@ -46,6 +46,18 @@ def result_files(root: Path, results_dir: str = "results") -> list[Path]:
     return sorted((root / results_dir / "runs").rglob("*.json"))
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Many tiny kernels (circulant ops, a tiny UNet): one thread runs them faster than two competing with other
+    work on a 2-core machine; results do not depend on it. A module opts in with ``pytestmark``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def compose(tmp_path):
     def _compose(overrides: list[str]):

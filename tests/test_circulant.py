@@ -15,13 +15,7 @@ from c3a.circulant import (
 f64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Many tiny ops: one thread avoids thread wake-up costs on a shared machine (results do not depend on it)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny ops
 # (d_in, d_out, block_size): square/non-square, one block (p = whole dim), b_in != b_out, the paper's 768->3072.
 SHAPES = [(16, 16, 16), (16, 16, 4), (12, 20, 4), (24, 8, 8), (24, 72, 8), (768, 3072, 128), (768, 768, 768)]
 

@@ -15,14 +15,8 @@ from conftest import compose_cfg, result_files
 ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The tiny UNet is hundreds of small kernels: one thread runs them several times faster than two
-    threads competing with other work on a 2-core machine (seconds instead of tens of seconds a run)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# the tiny UNet is hundreds of small kernels: seconds instead of tens of seconds a run on one thread
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _make_images(folder: Path, count: int = 2, size: int = 40) -> Path:
