@@ -42,16 +42,17 @@ def test_no_adapter_module_names_the_framework():
 
 def test_no_module_level_function_is_written_twice():
     """One helper per rule: a module-level function whose body (docstring aside) is the same as another's in
-    framework/, baselines/ or scripts/ is a copy (``_is_int`` stood in four modules). The adapter (c3a/) keeps
-    its own copies: it stands alone."""
+    framework/, baselines/, scripts/ or a test helper in tests/ is a copy (``_is_int`` stood in four modules,
+    ``_results`` in three test modules: conftest.py holds the shared ones). The adapter (c3a/) keeps its own
+    copies: it stands alone."""
     import ast
 
     seen: dict[str, str] = {}
     copies = []
-    for folder in ("framework", "baselines", "scripts"):
+    for folder in ("framework", "baselines", "scripts", "tests"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             for node in ast.parse(path.read_text()).body:
-                if not isinstance(node, ast.FunctionDef):
+                if not isinstance(node, ast.FunctionDef) or node.name.startswith("test_"):
                     continue
                 body = node.body[1:] if ast.get_docstring(node) is not None else node.body
                 key = ast.dump(ast.Module(body=body, type_ignores=[]))
