@@ -9,16 +9,13 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from conftest import CONF, ROOT, compose_cfg
+from framework.pipeline import resolved_config
 
 GROUPS = ("model", "method", "task", "trainer", "tracker", "paths", "debug", "recipe")
 
 
 def _options(group: str) -> list[str]:
     return sorted(str(p.relative_to(CONF / group).with_suffix("")) for p in (CONF / group).rglob("*.yaml"))
-
-
-def _resolved(cfg) -> dict:
-    return OmegaConf.to_container(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), resolve=True)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g in GROUPS for o in _options(g)])
@@ -44,7 +41,7 @@ def test_every_group_member_composes(group, option):
 @pytest.mark.parametrize("experiment", _options("experiment"))
 def test_every_experiment_composes(compose, experiment):
     cfg = compose([f"experiment={experiment}"])
-    resolved = _resolved(cfg)
+    resolved = resolved_config(cfg)
     for key in ("epochs", "batch_size", "lr_adapter", "lr_head"):
         assert isinstance(resolved["trainer"][key], (int, float)), key
     instantiate(cfg.method, _convert_="all")
