@@ -278,7 +278,8 @@ def build_llama(method: str, targets: list[str], num_layers: int, device, vocab_
                                     block_size_pattern={"up_proj": 192, "down_proj": 192}))
 
 
-def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, device, sync, vocab_size: int = 49152) -> dict:
+def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, device, sync,
+                vocab_size: int = 49152) -> dict:
     """Paired training steps (LoRA, ours; then ours, LoRA; ...) on one batch of 8 x 64 random tokens (labels = the
     tokens), float32 or bfloat16 autocast (the kernels and LoRA's weights stay float32). Ratios per pair: wall
     time, and CPU time (process_time: on a machine shared with other jobs the steadier measure of work done)."""

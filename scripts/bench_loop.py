@@ -192,8 +192,8 @@ def generation_pairs(settings, args, cfg) -> list[float]:
         tokenizer.padding_side = "left"
         with torch.no_grad():
             for start in range(0, len(prompts), settings.eval_batch_size):
-                batch = tokenizer.pad({"input_ids": [list(p) for p in prompts[start:start + settings.eval_batch_size]]},
-                                      return_tensors="pt")
+                chunk = prompts[start:start + settings.eval_batch_size]
+                batch = tokenizer.pad({"input_ids": [p.tolist() for p in chunk]}, return_tensors="pt")
                 new = model.generate(**batch, generation_config=config)[:, batch["input_ids"].shape[1]:]
                 done = (new == tokenizer.eos_token_id).int().cumsum(1)
                 tokens += int(((done == 0) | ((done == 1) & (new == tokenizer.eos_token_id))).sum())

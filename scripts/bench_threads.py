@@ -59,10 +59,12 @@ def worker(args) -> None:
 
 
 def run_condition(condition: str, args) -> list[dict]:
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")}
+    unset = ("OMP_WAIT_POLICY", "OMP_NUM_THREADS", "SLURM_CPUS_PER_TASK")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
     if condition == "shared":
         env["SLURM_CPUS_PER_TASK"] = str(max(1, len(os.sched_getaffinity(0)) // 2))
-    command = [sys.executable, __file__, "--worker", condition, "--steps", str(args.steps), "--layers", str(args.layers)]
+    command = [sys.executable, __file__, "--worker", condition, "--steps", str(args.steps),
+               "--layers", str(args.layers)]
     procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
     outs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
