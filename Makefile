@@ -59,7 +59,7 @@ cost: ## What the full Table 2 costs (runs, steps, tokens, GPU-hours) before you
 table2: ## Build Table 2 (Markdown, LaTeX, CSV, Figure 1) from results/runs
 	$(PYTHON) scripts/make_table.py
 
-tables: ## Build every paper table declared in results/paper/*.yaml (Table 2, 3, 4, A2) from results/runs
+tables: ## Build every paper table declared in paper_tables/*.yaml (Table 2, 3, 4, A2) from results/runs
 	$(PYTHON) scripts/make_table.py --table all
 
 RESULTS ?= results

@@ -2,7 +2,7 @@
 
 Every caller assembles here and none repeats the steps: the pipeline (a weightless skeleton before any compute,
 then the run's model), the memory estimate and measurement, the cost model and ``make params``
-(``framework.experiments.build_row``). It imports no trainer: assembling a model needs none.
+(``framework.paper_tables.build_row``). It imports no trainer: assembling a model needs none.
 """
 from __future__ import annotations
 

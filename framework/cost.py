@@ -19,7 +19,7 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-from framework.experiments import TableSpec, build_row, compose_row
+from framework.paper_tables import TableSpec, build_row, compose_row
 
 #: GLUE (train, dev) rows: public sizes of the original distribution (the Hub's nyu-mll/glue has the same)
 GLUE_SIZES = {"sst2": (67349, 872), "mrpc": (3668, 408), "cola": (8551, 1043), "qnli": (104743, 5463),

@@ -1,6 +1,6 @@
 """`make report`: one static, self-contained HTML page for a whole reproduction.
 
-Built only from a results folder's run JSONs, the paper table specs (:mod:`framework.experiments`) and the
+Built only from a results folder's run JSONs, the paper table specs (:mod:`framework.paper_tables`) and the
 memory CSVs: every declared table with the paper's numbers beside ours, Δ, the bootstrap statistics
 (:mod:`framework.stats`) and the commands that fill its missing cells; Figure 1 with CIs as error bars;
 learning curves; time and memory per method with what the estimates say the rest costs; provenance. Plots
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from framework.experiments import load_all
+from framework.paper_tables import load_all
 from framework.io import atomic_write_text
 from framework.report_data import (DEFAULT_MEMORY_DIRS, curves, load_runs, memory_files, missing_cells, provenance,
                                    speed_and_memory, summary)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from framework.experiments import TableSpec
+from framework.paper_tables import TableSpec
 from framework.results import RunResult, iter_results
 from framework.stats import MIN_SEEDS
 from framework.tables import GIB, Table, method_label, protocol_key

@@ -1,6 +1,6 @@
 """A paper table rendered as Markdown, LaTeX (booktabs), a tidy CSV of runs and an average-vs-cost plot.
 
-The columns follow the table's spec (:mod:`framework.experiments`): model, method, params, memory (when the
+The columns follow the table's spec (:mod:`framework.paper_tables`): model, method, params, memory (when the
 spec has a memory column), one column per task, one per average. Markdown puts the paper's number and our
 difference beside every cell; LaTeX keeps only the difference (compact). Every marker in a cell is
 explained in a footnote under its table.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from framework.experiments import Average, TableSpec, TaskColumn, show_ours
+from framework.paper_tables import Average, TableSpec, TaskColumn, show_ours
 from framework.io import atomic_write, atomic_write_text
 from framework.stats_render import (SAME_MD, SAME_TEX, not_distinguishable, paper_check, stats_frame,
                                     stats_latex, stats_markdown)

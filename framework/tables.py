@@ -1,7 +1,7 @@
 """A paper table from run JSONs: a tidy frame of runs, per-cell aggregation, and the paper's numbers beside ours.
 
 What a table holds (tasks, metrics, scale, model rows, row order, the paper's numbers) comes from its spec,
-``results/paper/<name>.yaml`` with its CSV (format: :mod:`framework.experiments`), so Table 2, the LLaMA
+``paper_tables/<name>.yaml`` with its CSV (format: :mod:`framework.paper_tables`), so Table 2, the LLaMA
 tables and the ViT table are built by this same code. Reads only ``results/`` (run JSONs,
 ``memory/*.csv``) and the spec; never torch. Nothing is mixed silently: runs under different split
 protocols go to separate tables, and cells with fewer seeds than configured, failed runs, runs from
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from framework.experiments import Average, ParamsFigure, TableSpec
+from framework.paper_tables import Average, ParamsFigure, TableSpec
 from framework.results import iter_results
 from framework.stats import RowStats, choose_references, table_stats
 

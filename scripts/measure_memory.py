@@ -1,6 +1,6 @@
 """Peak training memory of every row of a paper table (the memory columns of Tables 2 and 3).
 
-The rows are the spec's (results/paper/table2.yaml by default; framework/experiments.py), each composed as
+The rows are the spec's (paper_tables/table2.yaml by default; framework/paper_tables.py), each composed as
 run.py composes it (experiment=<preset> + overrides) and built through the one model builder with random
 weights (the entry's architecture, no download). The paper's protocol: inputs fixed at 256 tokens,
 batch 64, a few AdamW steps of the task's own training loss. Each row is measured in a fresh subprocess
@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from framework.experiments import SpecError, load_spec  # noqa: E402
+from framework.paper_tables import SpecError, load_spec  # noqa: E402
 from framework.io import atomic_write_text  # noqa: E402
 
 PROTOCOL = {"cuda": {"batch_size": 64, "seq_len": 256, "steps": 3}, "cpu": {"batch_size": 4, "seq_len": 128, "steps": 2}}
@@ -45,7 +45,7 @@ def measure_one(spec_name: str, row_index: int, on_model: str | None, device: st
 
     import torch
 
-    from framework.experiments import build_row
+    from framework.paper_tables import build_row
     from framework.memory import synthetic_batch
     from framework.method import row_label
 
@@ -95,7 +95,7 @@ ESTIMATE_FIELDS = ["model", "method_label", "preset", "batch_size", "seq_len", "
 
 def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
     """``--estimate``: each chosen row's peak counted on the meta device, printed and written as CSV."""
-    from framework.experiments import compose_row
+    from framework.paper_tables import compose_row
     from framework.memory import build_on_meta, estimate_built
     from framework.method import row_label
 
@@ -131,7 +131,7 @@ def write_estimates(spec, chosen: list[int], args, protocol: dict) -> int:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    parser.add_argument("--table", default="table2", help="the spec whose rows are measured (results/paper/<name>.yaml)")
+    parser.add_argument("--table", default="table2", help="the spec whose rows are measured (paper_tables/<name>.yaml)")
     parser.add_argument("--models", nargs="+", help="only the spec's rows of these model entries")
     parser.add_argument("--presets", nargs="+", help="only the spec's rows of these presets (e.g. table2/base_lora)")
     parser.add_argument("--on-model", help="build every chosen row on this model entry instead (e.g. tiny-roberta)")

@@ -108,7 +108,7 @@ def test_a_method_that_does_not_fit_fails_in_the_skeleton_check(tmp_path):
 
 
 def test_only_the_assembly_builds_a_run_model_and_applies_a_method():
-    """pipeline, experiments, memory and cost assemble through framework.assembly; none repeats its steps."""
+    """pipeline, paper_tables, memory and cost assemble through framework.assembly; none repeats its steps."""
     allowed = {"framework/assembly.py", "framework/tasks/dreambooth.py"}  # DreamBooth's base model: class images
     found = []
     for path in sorted([*(ROOT / "framework").rglob("*.py"), *(ROOT / "scripts").glob("*.py")]):

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT
 from framework import cost
-from framework.experiments import load_spec
+from framework.paper_tables import load_spec
 
 _spec = importlib.util.spec_from_file_location("estimate_cost", ROOT / "scripts" / "estimate_cost.py")
 cli = importlib.util.module_from_spec(_spec)

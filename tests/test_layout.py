@@ -61,3 +61,19 @@ def test_no_module_level_function_is_written_twice():
                     copies.append((seen[key], where))
                 seen.setdefault(key, where)
     assert not copies, copies
+
+
+def test_paper_table_specs_have_their_own_name_and_live_outside_the_outputs():
+    """"experiment" is a run preset (conf/experiment/); the paper's table specs are paper_tables: the module
+    framework.paper_tables reads them from paper_tables/, not from results/ (where runs write)."""
+    from framework import paper_tables
+
+    assert not (ROOT / "framework" / "experiments.py").exists()
+    assert paper_tables.TABLES_DIR == ROOT / "paper_tables"
+    assert sorted(p.name for p in paper_tables.TABLES_DIR.glob("*.yaml")) == [
+        f"{name}.yaml" for name in paper_tables.available()]
+    assert not (ROOT / "results" / "paper").exists()
+    stale = [p.relative_to(ROOT).as_posix() for folder in ("framework", "scripts", "tests", "docs")
+             for p in sorted((ROOT / folder).rglob("*")) if p.suffix in (".py", ".md", ".yaml")
+             and p.name != "test_layout.py" and ("results/paper" in p.read_text() or "framework.experiments" in p.read_text())]
+    assert not stale, f"still naming results/paper or framework.experiments: {stale}"

@@ -49,7 +49,7 @@ def test_llama_rows_measure_causal_lm_training_under_the_paper_labels(tmp_path):
 def test_the_meta_estimate_counts_what_a_real_build_holds():
     """The meta-device build has the real build's parameters and buffers (BOFT's permutation matrices included),
     and the saved activations grow with the batch: the estimate's parts, checked on the tiny Llama."""
-    from framework.experiments import build_row, compose_row, load_spec
+    from framework.paper_tables import build_row, compose_row, load_spec
     from framework.memory import estimate
 
     spec = load_spec("table3")

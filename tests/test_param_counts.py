@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.experiments import ParamsFigure, SpecError, SpecRow, build_row, compose_row, load_all
+from framework.paper_tables import ParamsFigure, SpecError, SpecRow, build_row, compose_row, load_all
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "count_params.py"
 

@@ -32,7 +32,7 @@ def test_preset_runs_one_step(tmp_path, index, preset):
 
 
 def _declared_rows():
-    from framework.experiments import load_all
+    from framework.paper_tables import load_all
 
     return [(spec.name, row) for spec in load_all() for row in spec.rows if row.preset]
 
@@ -43,7 +43,7 @@ def test_every_paper_preset_labels_its_runs_as_the_table_row(table, row):
     them beside the paper's row, not in it (and miss its memory figure)."""
     from hydra.utils import instantiate
 
-    from framework.experiments import compose_row
+    from framework.paper_tables import compose_row
     from framework.method import row_label
 
     cfg = compose_row(row)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from framework.experiments import load_all
+from framework.paper_tables import load_all
 from framework.report import build_report, chromium, screenshot, write_report
 from framework.results import RunResult, result_path, write_result
 

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from framework import stats
-from framework.experiments import load_spec
+from framework.paper_tables import load_spec
 from framework.table_render import render_latex, render_markdown, write_table
 from framework.tables import build_tables, run_labels
 from test_tables import add_run

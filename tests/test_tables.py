@@ -1,5 +1,5 @@
 """Table aggregation and rendering from fake run JSONs written with the real result schema: Table 2 from its
-spec (results/paper/table2.yaml), and a made-up non-GLUE table through the same code."""
+spec (paper_tables/table2.yaml), and a made-up non-GLUE table through the same code."""
 from __future__ import annotations
 
 import re
@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from framework.experiments import load_spec
+from framework.paper_tables import load_spec
 from framework.results import RunResult, result_path, write_result
 from framework.table_render import MD_MARKS, render_latex, render_markdown, tex_escape, write_table
 from framework.tables import RUN_COLUMNS, aggregate, build_tables, collect_runs, load_memory, method_label
@@ -442,7 +442,7 @@ def test_a_second_table_renders_through_the_same_code(tmp_path):
     (("tasks: [pets, cars]}", "tasks: [pets, flowers]}"), "averages[0].tasks"),
 ])
 def test_spec_errors_name_the_file_and_the_key(tmp_path, edit, message):
-    from framework.experiments import SpecError
+    from framework.paper_tables import SpecError
 
     path = other_spec(tmp_path, OTHER_SPEC.replace(*edit, 1))
     with pytest.raises(SpecError) as err:
@@ -451,7 +451,7 @@ def test_spec_errors_name_the_file_and_the_key(tmp_path, edit, message):
 
 
 def test_paper_csv_errors_name_the_file(tmp_path):
-    from framework.experiments import SpecError
+    from framework.paper_tables import SpecError
 
     path = other_spec(tmp_path, csv=OTHER_CSV.replace("dtd_mean", "dtd_score"))
     with pytest.raises(SpecError, match=r"tablex\.csv: missing column\(s\) \['dtd_mean'\]"):

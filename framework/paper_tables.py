@@ -1,4 +1,5 @@
-"""Paper tables as data: each table is declared once, in ``results/paper/<name>.yaml`` plus a CSV of the paper's numbers.
+"""Paper table specs: each paper table is declared once, in ``paper_tables/<name>.yaml`` plus a CSV of the
+paper's numbers. (A run preset is something else: ``conf/experiment/``, which a spec row names.)
 
 ``make table2`` / ``make_table.py --table <name>``, ``make params`` and ``make memory`` all read these specs;
 nothing else lists a table's rows, tasks or metrics. A spec (YAML)::
@@ -43,7 +44,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 ROOT = Path(__file__).resolve().parent.parent
-PAPER_DIR = ROOT / "results" / "paper"
+TABLES_DIR = ROOT / "paper_tables"
 CONF_DIR = ROOT / "conf"
 PARAMS_KINDS = ("count", "percent", "millions")
 _TOP_KEYS = {"title", "caption", "paper_csv", "scale", "params", "memory", "figure", "models", "tasks", "averages",
@@ -290,8 +291,8 @@ def _load_paper(spec: TableSpec) -> dict[tuple[str, str], dict[str, Any]]:
     return paper
 
 
-def load_spec(name_or_path: str | Path, folder: Path = PAPER_DIR) -> TableSpec:
-    """A table spec by name (``table2`` -> ``results/paper/table2.yaml``) or by path, validated with its CSV."""
+def load_spec(name_or_path: str | Path, folder: Path = TABLES_DIR) -> TableSpec:
+    """A table spec by name (``table2`` -> ``paper_tables/table2.yaml``) or by path, validated with its CSV."""
     import yaml
 
     path = Path(name_or_path)
@@ -346,11 +347,11 @@ def load_spec(name_or_path: str | Path, folder: Path = PAPER_DIR) -> TableSpec:
     return spec
 
 
-def available(folder: Path = PAPER_DIR) -> list[str]:
+def available(folder: Path = TABLES_DIR) -> list[str]:
     return sorted(p.stem for p in Path(folder).glob("*.yaml"))
 
 
-def load_all(folder: Path = PAPER_DIR) -> list[TableSpec]:
+def load_all(folder: Path = TABLES_DIR) -> list[TableSpec]:
     return [load_spec(name, folder) for name in available(folder)]
 
 
