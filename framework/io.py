@@ -7,6 +7,16 @@ from pathlib import Path
 from typing import Callable
 
 
+def _default_mode() -> int:
+    """The mode ``open()`` gives a new file (0o666 less the umask): ``mkstemp`` makes 0o600, owner-only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_NEW_FILE_MODE = _default_mode()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
     """Call ``write(temp_path)``, then rename the temp file over ``path`` (same folder, so the rename is atomic)."""
     path = Path(path)
@@ -17,6 +27,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _NEW_FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
