@@ -29,7 +29,8 @@ def test_bench_quick_prints_ratios():
             _, name, *fields = line.split()
             spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
     assert set(REQUIRED) <= set(ratios), proc.stdout[-3000:]
-    assert all(value > 0 for value in ratios.values()), ratios
+    # an overhead ratio is a difference of two timings over another: on a loaded machine it may come out <= 0
+    assert all(value > 0 for name, value in ratios.items() if "overhead" not in name), ratios
     step = spreads["c3a_vs_lora_step_time"]
     assert step["pairs"] == 3
     assert step["min"] <= ratios["c3a_vs_lora_step_time"] <= step["max"], (step, ratios)
