@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from framework.checks import is_int
-from framework.tasks import image_data
 from framework.models import Head
+from framework.tasks import image_data
 from framework.tasks.base import Task
 
 log = logging.getLogger(__name__)
