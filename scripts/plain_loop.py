@@ -9,9 +9,15 @@ plain PyTorch/transformers, with `c3a.add_c3a` or PEFT's LoRA; flags change one 
   --clip 1.0          clip the global gradient norm at 1.0 (run.py's default; the plain loop's default: none)
   --answer word       train on the answer word alone + EOS (run.py writes "the correct answer is <word>")
   --no-eos            no EOS in the labels
+  --padding left      left-pad the training batches (run.py and the plain loop's default: right)
+
+Every plain run scores two test subsets of the same dev file in one pass: the task's seeded subset (what
+run.py scores) and the file's first N rows (what the issue's own plain loop scored).
 
 `--side runpy` runs `framework.pipeline.run` instead (extra arguments are Hydra overrides, e.g.
-`trainer.max_grad_norm=null`). Prints one `RESULT` line per seed (test accuracy, train seconds).
+`trainer.max_grad_norm=null`). Prints one `RESULT` line per seed (test accuracy, train seconds); `--out FILE`
+also appends it to FILE as a JSON line and skips the seeds FILE already holds for the same setting (a rerun
+resumes). `scripts/plain_loop_table.py FILE` makes the table.
 Example (the issue's setting, one seed):
   python scripts/plain_loop.py --method c3a --side plain --seeds 0
   python scripts/plain_loop.py --method c3a --side runpy --seeds 0 trainer.max_grad_norm=null
@@ -32,6 +38,7 @@ from framework import threads  # noqa: E402
 
 threads.configure()  # before torch loads, as run.py
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 GLUE = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
@@ -67,6 +74,22 @@ def rewrite_answers(rows: list[dict], tokenizer, answer: str, eos: bool) -> list
         new_labels[:len(prompt)] = -100
         out.append({"input_ids": new_ids.numpy(), "labels": new_labels.numpy()})
     return out
+
+
+def test_subsets(task, tokenizer, count: int) -> tuple[list[dict], dict[str, set[int]]]:
+    """Generation rows for the union of the task's seeded test subset and the first ``count`` rows of the
+    same file; each row's ``set`` holds its position in the file, so one pass scores both subsets."""
+    (name,) = task.test_sources  # one test set (SST-2 dev)
+    examples = task._examples[f"test/{name}"]
+    seeded_examples = task._test_split(tokenizer)  # builds the seeded subset exactly as run.py does
+    position = {id(e): i for i, e in enumerate(examples)}
+    eval_seq = np.random.SeedSequence(task.split_seed).spawn(3)[2]
+    seeded = {position[id(e)] for e in task._subset(examples, task.max_eval_samples, eval_seq)}
+    assert len(seeded) == len(seeded_examples)
+    subsets = {"seeded": seeded, "first": set(range(min(count, len(examples))))}
+    union = sorted(subsets["seeded"] | subsets["first"])
+    rows = task._eval_rows([examples[i] for i in union], [str(i) for i in union], tokenizer)
+    return rows, subsets
 
 
 def plain_run(cfg, args, seed: int) -> dict:
@@ -114,10 +137,11 @@ def plain_run(cfg, args, seed: int) -> dict:
         ids = torch.full((len(rows), width), pad, dtype=torch.long)
         labels = torch.full((len(rows), width), -100, dtype=torch.long)
         mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):  # right padding
+        for i, r in enumerate(rows):
             n = len(r["input_ids"])
-            ids[i, :n], labels[i, :n], mask[i, :n] = (torch.as_tensor(r["input_ids"]),
-                                                      torch.as_tensor(r["labels"]), 1)
+            span = slice(width - n, width) if args.padding == "left" else slice(0, n)
+            ids[i, span], labels[i, span], mask[i, span] = (torch.as_tensor(r["input_ids"]),
+                                                            torch.as_tensor(r["labels"]), 1)
         model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
         # the global gradient norm before clipping (an infinite max norm leaves the gradients as they are)
         norms.append(float(torch.nn.utils.clip_grad_norm_(params, args.clip or math.inf)))
@@ -126,14 +150,19 @@ def plain_run(cfg, args, seed: int) -> dict:
         optimizer.zero_grad(set_to_none=True)
     train_s = time.perf_counter() - begin
     model.eval()
-    collate, test = task.collate(tokenizer, "test"), list(splits["test"].rows)
-    hits = 0
+    collate = task.collate(tokenizer, "test")
+    test, subsets = test_subsets(task, tokenizer, args.test_rows)
+    verdicts = {}
     with torch.no_grad():
         for start in range(0, len(test), args.eval_batch_size):
             batch = collate(test[start:start + args.eval_batch_size])
-            hits += sum(v["base"] for v in task.score(task.generate(model, batch, tokenizer), batch))
-    return {"test_accuracy": 100 * hits / len(test), "train_s": train_s, "train_rows": len(train),
-            "test_rows": len(test), "steps": steps,
+            for at, verdict in zip(batch["set"], task.score(task.generate(model, batch, tokenizer), batch)):
+                verdicts[int(at)] = verdict["base"]
+    accuracy = {k: 100 * sum(verdicts[i] for i in rows) / len(rows) for k, rows in subsets.items()}
+    return {"test_accuracy": accuracy["seeded"], "test_accuracy_first_rows": accuracy["first"],
+            "test_overlap": len(subsets["seeded"] & subsets["first"]), "train_s": train_s,
+            "rows_trained": len(train), "trainable": sum(p.numel() for p in params),
+            "rows_scored": len(subsets["seeded"]), "steps": steps,
             "grad_norm_median": sorted(norms)[len(norms) // 2], "grad_norm_first_last": [norms[0], norms[-1]],
             # per-element RMS of the gradient: next to AdamW's eps (1e-8) it says whether clipping can matter
             "grad_rms_median": sorted(norms)[len(norms) // 2] / math.sqrt(sum(p.numel() for p in params))}
@@ -144,7 +173,7 @@ def runpy_run(cfg) -> dict:
 
     result = run(cfg)
     return {"test_accuracy": 100 * result.test_at_best["score"], "train_s": result.timing.get("train_time_s"),
-            "steps": result.optimizer_steps if hasattr(result, "optimizer_steps") else None}
+            "trainable": result.params.get("trainable_total")}
 
 
 def main(argv=None) -> int:
@@ -155,6 +184,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clip", type=float, default=None, help="max gradient norm (plain side; default none)")
     parser.add_argument("--answer", choices=("sentence", "word"), default="sentence")
     parser.add_argument("--no-eos", action="store_true")
+    parser.add_argument("--padding", choices=("right", "left"), default="right", help="training batches (plain side)")
     parser.add_argument("--train-rows", type=int, default=512)
     parser.add_argument("--val-rows", type=int, default=64)
     parser.add_argument("--test-rows", type=int, default=200)
@@ -163,6 +193,7 @@ def main(argv=None) -> int:
     parser.add_argument("--targets", nargs="+", default=["q_proj", "v_proj"])
     parser.add_argument("--data-dir", type=Path, default=GLUE)
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "plain_loop")
+    parser.add_argument("--out", type=Path, default=None, help="JSONL file: append results, skip seeds it holds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (both sides read the task from them)")
     args = parser.parse_args(argv)
     import logging
@@ -171,15 +202,36 @@ def main(argv=None) -> int:
     logging.getLogger("framework").setLevel(logging.INFO)  # the pipeline's summary line (test score)
     from framework.compose import compose_config
 
+    done = set()
+    if args.out is not None and args.out.exists():
+        done = {json.dumps(setting_of(json.loads(line))) for line in args.out.read_text().splitlines() if line.strip()}
     for seed in args.seeds:
+        setting = {"method": args.method, "side": args.side, "seed": seed, "clip": args.clip, "answer": args.answer,
+                   "eos": not args.no_eos, "padding": args.padding, "overrides": args.overrides,
+                   "train_rows": args.train_rows, "test_rows": args.test_rows, "batch_size": args.batch_size}
+        if json.dumps(setting) in done:
+            print(f"skipped (in {args.out}): {json.dumps(setting)}", flush=True)
+            continue
         with tempfile.TemporaryDirectory(prefix="plain_loop_") as work:
             cfg = compose_config(overrides(args, seed, Path(work)), Path(work))
             begin = time.perf_counter()
             out = plain_run(cfg, args, seed) if args.side == "plain" else runpy_run(cfg)
-        setting = {"method": args.method, "side": args.side, "seed": seed, "clip": args.clip, "answer": args.answer,
-                   "eos": not args.no_eos, "overrides": args.overrides}
-        print("RESULT " + json.dumps({**setting, **out, "wall_s": round(time.perf_counter() - begin, 1)}), flush=True)
+        line = json.dumps({**setting, **out, "wall_s": round(time.perf_counter() - begin, 1)})
+        print("RESULT " + line, flush=True)
+        if args.out is not None:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with open(args.out, "a") as handle:  # one short write per line: a crash leaves whole lines
+                handle.write(line + "\n")
     return 0
+
+
+SETTING_KEYS = ("method", "side", "seed", "clip", "answer", "eos", "padding", "overrides", "train_rows",
+                "test_rows", "batch_size")
+
+
+def setting_of(record: dict) -> dict:
+    """What identifies a run in a results file (its setting and seed, not its measurements)."""
+    return {k: record.get(k) for k in SETTING_KEYS}
 
 
 if __name__ == "__main__":

@@ -1,0 +1,85 @@
+"""The run.py-vs-plain-loop table (issue 15 §1) from `scripts/plain_loop.py --out` files.
+
+One row per setting (method, side, and the one setting changed), over its seeds: test accuracy on the task's
+seeded 200 dev rows (what run.py scores) per seed, mean ± sd, the difference to the method's run.py row with a
+95% bootstrap CI over seeds and P(X > run.py) (framework.stats), the accuracy on the dev file's first 200 rows
+(plain side only) and the median training seconds.
+
+  python scripts/plain_loop_table.py results/smollm2-plain-loop/runs.jsonl
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from framework import stats  # noqa: E402
+
+
+
+def label(record: dict) -> str:
+    """The side, then every setting that differs from run.py's ("the correct answer is …" + EOS, right padding)."""
+    side = "run.py" if record["side"] == "runpy" else "plain loop"
+    changes = []
+    if record.get("answer", "sentence") != "sentence":
+        changes.append(f"answer {record['answer']}")
+    if not record.get("eos", True):
+        changes.append("no EOS")
+    if record.get("padding", "right") != "right":
+        changes.append(f"{record['padding']} padding")
+    if record.get("clip") is not None:
+        changes.append(f"clip {record['clip']}")
+    changes += record.get("overrides") or []
+    return side + (": " + ", ".join(changes) if changes else "")
+
+
+def load(paths: list[Path]) -> pd.DataFrame:
+    records = [json.loads(line) for path in paths for line in path.read_text().splitlines() if line.strip()]
+    if not records:
+        raise SystemExit(f"no results in {', '.join(map(str, paths))}")
+    frame = pd.DataFrame(records)
+    frame["setting"] = [label(r) for r in records]
+    return frame
+
+
+def table(frame: pd.DataFrame) -> str:
+    lines = ["| method | setting | seeds | test acc per seed (seeded 200) | mean ± sd | Δ vs run.py [95% CI] "
+             "| P(X > run.py) | first 200 rows, mean | train s (median) |",
+             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    for method, rows in frame.groupby("method", sort=True):
+        reference = rows[rows["setting"] == "run.py"].sort_values("seed")["test_accuracy"].tolist()
+        order = sorted(rows["setting"].unique(), key=lambda s: (s != "run.py", s != "plain loop", s))
+        for setting in order:
+            runs = rows[rows["setting"] == setting].sort_values("seed")
+            scores = runs["test_accuracy"].tolist()
+            per_seed = ", ".join(f"{s:.1f} (s{seed})" for s, seed in zip(scores, runs["seed"]))
+            spread = f"{pd.Series(scores).mean():.1f} ± {pd.Series(scores).std(ddof=1):.1f}" if len(scores) > 1 \
+                else f"{scores[0]:.1f}"
+            if setting == "run.py":
+                delta = probability = "(reference)"
+            else:
+                delta = stats.difference_interval(scores, reference).show(signed=True)
+                p = stats.improvement_probability(scores, reference)
+                probability = "—" if p is None else f"{p:.2f}"
+            first = runs["test_accuracy_first_rows"].dropna() if "test_accuracy_first_rows" in runs else []
+            first_text = f"{first.mean():.1f}" if len(first) else "—"
+            lines.append(f"| {method} | {setting} | {len(scores)} | {per_seed} | {spread} | {delta} | {probability} "
+                         f"| {first_text} | {runs['train_s'].median():.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("results", type=Path, nargs="+", help="JSONL files written by plain_loop.py --out")
+    args = parser.parse_args(argv)
+    print(table(load(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
