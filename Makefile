@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop bench-threads plain-loop memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all params bench bench-loop bench-threads plain-loop plain-loop-ablations memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,8 +77,19 @@ llama-cpu: ## SmolLM2-135M (pip package) on SST-2 as instructions: zero-shot vs 
 	$(PYTHON) run.py $(LLAMA_CPU) method=lora method.r=8 method.lora_alpha=16 'method.target_modules=$${model.targets.instruct}' learning_rates.default.adapter=1e-3
 
 SEEDS ?= 0 1 2
-plain-loop: ## run.py vs a plain loop on the same SmolLM2 SST-2 rows (512 x 64 steps), C3A and LoRA, SEEDS=…; GLUE_DIR=… (hours on CPU)
-	for m in c3a lora; do for side in plain runpy; do $(PYTHON) scripts/plain_loop.py --method $$m --side $$side --seeds $(SEEDS) --data-dir $(GLUE_DIR)/SST-2 || exit 1; done; done
+PLAIN_LOOP = $(PYTHON) scripts/plain_loop.py --data-dir $(GLUE_DIR)/SST-2 --out $(PLAIN_LOOP_OUT)
+PLAIN_LOOP_OUT ?= results/smollm2-plain-loop/runs.jsonl
+plain-loop: ## run.py vs a plain loop on the same SmolLM2 SST-2 rows (512 x 64 steps), C3A and LoRA, SEEDS=…, then the table; resumes (about 6 min a run on 2 CPU cores)
+	for m in c3a lora; do for side in plain runpy; do $(PLAIN_LOOP) --method $$m --side $$side --seeds $(SEEDS) || exit 1; done; done
+	$(PYTHON) scripts/plain_loop_table.py $(PLAIN_LOOP_OUT)
+
+plain-loop-ablations: ## The plain loop with one setting changed at a time (answer word, left padding, no EOS, Alpaca prompt), SEEDS=…; resumes
+	for m in c3a lora; do $(PLAIN_LOOP) --method $$m --seeds $(SEEDS) --answer word --padding left || exit 1; done
+	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --answer word
+	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --padding left
+	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --no-eos
+	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) task.template=alpaca
+	$(PYTHON) scripts/plain_loop_table.py $(PLAIN_LOOP_OUT)
 
 table3: ## Table 3 sweep (GPU, Hub): LLaMA2-7B/3-8B x C3A, LoRA, DoRA, VeRA on commonsense; DATA=LLM-Adapters checkout
 	$(PYTHON) run.py -m experiment=table3/llama2_c3a,table3/llama2_lora,table3/llama2_dora,table3/llama2_vera,table3/llama3_c3a,table3/llama3_lora,table3/llama3_dora,table3/llama3_vera task.data_dir=$(DATA)

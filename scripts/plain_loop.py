@@ -10,6 +10,8 @@ plain PyTorch/transformers, with `c3a.add_c3a` or PEFT's LoRA; flags change one 
   --answer word       train on the answer word alone + EOS (run.py writes "the correct answer is <word>")
   --no-eos            no EOS in the labels
   --padding left      left-pad the training batches (run.py and the plain loop's default: right)
+  --train-subset first  train on the training file's first N rows (run.py: a seeded N of the rows left after
+                      the validation slice)
 
 Every plain run scores two test subsets of the same dev file in one pass: the task's seeded subset (what
 run.py scores) and the file's first N rows (what the issue's own plain loop scored).
@@ -105,6 +107,8 @@ def plain_run(cfg, args, seed: int) -> dict:
     task = instantiate(cfg.task, _convert_="all")
     splits = task.splits(tokenizer)
     train = list(splits["train"].rows)
+    if args.train_subset == "first":
+        train, _ = task._train_rows(task._examples["train"][:args.train_rows], tokenizer)
     if args.answer != "sentence" or args.no_eos:
         train = rewrite_answers(train, tokenizer, args.answer, not args.no_eos)
     torch.manual_seed(seed)
@@ -184,6 +188,7 @@ def main(argv=None) -> int:
     parser.add_argument("--clip", type=float, default=None, help="max gradient norm (plain side; default none)")
     parser.add_argument("--answer", choices=("sentence", "word"), default="sentence")
     parser.add_argument("--no-eos", action="store_true")
+    parser.add_argument("--train-subset", choices=("seeded", "first"), default="seeded", help="plain side")
     parser.add_argument("--padding", choices=("right", "left"), default="right", help="training batches (plain side)")
     parser.add_argument("--train-rows", type=int, default=512)
     parser.add_argument("--val-rows", type=int, default=64)
@@ -208,7 +213,8 @@ def main(argv=None) -> int:
     for seed in args.seeds:
         setting = {"method": args.method, "side": args.side, "seed": seed, "clip": args.clip, "answer": args.answer,
                    "eos": not args.no_eos, "padding": args.padding, "overrides": args.overrides,
-                   "train_rows": args.train_rows, "test_rows": args.test_rows, "batch_size": args.batch_size}
+                   "train_subset": args.train_subset, "train_rows": args.train_rows, "test_rows": args.test_rows,
+                   "batch_size": args.batch_size}
         if json.dumps(setting) in done:
             print(f"skipped (in {args.out}): {json.dumps(setting)}", flush=True)
             continue
@@ -225,8 +231,8 @@ def main(argv=None) -> int:
     return 0
 
 
-SETTING_KEYS = ("method", "side", "seed", "clip", "answer", "eos", "padding", "overrides", "train_rows",
-                "test_rows", "batch_size")
+SETTING_KEYS = ("method", "side", "seed", "clip", "answer", "eos", "padding", "overrides", "train_subset",
+                "train_rows", "test_rows", "batch_size")
 
 
 def setting_of(record: dict) -> dict:

@@ -32,6 +32,8 @@ def label(record: dict) -> str:
         changes.append("no EOS")
     if record.get("padding", "right") != "right":
         changes.append(f"{record['padding']} padding")
+    if record.get("train_subset", "seeded") != "seeded":
+        changes.append(f"train rows: the file's {record['train_subset']}")
     if record.get("clip") is not None:
         changes.append(f"clip {record['clip']}")
     changes += record.get("overrides") or []
