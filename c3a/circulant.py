@@ -53,12 +53,16 @@ def _chunk_tokens(tokens: int, features: int) -> int:
     return max(-(-tokens // MAX_CHUNKS), MIN_CHUNK_ELEMENTS // max(1, features), 1)
 
 
-def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
-    """(c, blocks*p) signal -> its blockwise rfft as contiguous (F, blocks, c) complex. Frequency f is then a
-    (blocks, c) matrix, so the contractions over blocks (operator) or over tokens (kernel gradient) are batched
-    matmuls on contiguous operands (one transposing copy here; strided operands would make bmm copy each of
-    the F matrices)."""
-    return torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).permute(2, 1, 0).contiguous()
+def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, conjugate: bool = False) -> torch.Tensor:
+    """(c, blocks*p) signal -> its blockwise rfft as contiguous (F, blocks, c) complex (``conjugate``: its
+    complex conjugate, written out). Frequency f is then a (blocks, c) matrix, so the contractions over blocks
+    (operator) or over tokens (kernel gradient) are batched matmuls on contiguous operands (one transposing copy
+    here; strided operands would make bmm copy each of the F matrices)."""
+    spectra = torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).permute(2, 1, 0)
+    if not conjugate:
+        return spectra.contiguous()
+    # written out, not a lazy conj view: bmm copies a conjugated operand (issue 15's profile: 1 ms per call)
+    return torch.conj_physical(spectra, out=torch.empty(spectra.shape, dtype=spectra.dtype, device=spectra.device))
 
 
 def _apply_spectral(operator: torch.Tensor, spectra: torch.Tensor, p: int) -> torch.Tensor:
@@ -86,10 +90,10 @@ def _spectral_operator(kernel: torch.Tensor, scale: float, dtype: torch.dtype, t
     return spectrum.conj().permute(2, 0, 1).resolve_conj().contiguous()
 
 
-def _add_moments(moments: torch.Tensor | None, g_spectra: torch.Tensor, x_spectra: torch.Tensor) -> torch.Tensor:
-    """moments (F, b_out, b_in) += Σ_tokens G conj(X)^T for one chunk of (F, blocks, c) spectra (X^H is a
-    conjugate-transposed view that BLAS reads as such: no copy)."""
-    chunk = torch.bmm(g_spectra, x_spectra.mH)
+def _add_moments(moments: torch.Tensor | None, g_spectra: torch.Tensor, x_conj_spectra: torch.Tensor) -> torch.Tensor:
+    """moments (F, b_out, b_in) += Σ_tokens G conj(X)^T for one chunk of (F, blocks, c) spectra, given conj(X)
+    written out (its transpose is a view BLAS reads as such: no copy)."""
+    chunk = torch.bmm(g_spectra, x_conj_spectra.mT)
     return chunk if moments is None else moments.add_(chunk)
 
 
@@ -110,7 +114,7 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
     for start in range(0, x2.shape[0], chunk):
         moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
-                               _spectra(x2[start:start + chunk], b_in, p, dtype))
+                               _spectra(x2[start:start + chunk], b_in, p, dtype, conjugate=True))
     if moments is None:  # no tokens
         return torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device)
     return _kernel_grad_from_moments(moments, p)
@@ -159,7 +163,8 @@ class _CirculantAdd(torch.autograd.Function):
         for start in range(0, g2.shape[0], chunk):
             g_spectra = _spectra(g2[start:start + chunk], b_out, p, dtype)
             if need_kernel:
-                moments = _add_moments(moments, g_spectra, _spectra(x2[start:start + chunk], b_in, p, dtype))
+                moments = _add_moments(moments, g_spectra,
+                                       _spectra(x2[start:start + chunk], b_in, p, dtype, conjugate=True))
             if need_x:
                 _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:
