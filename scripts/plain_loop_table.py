@@ -1,9 +1,10 @@
 """The run.py-vs-plain-loop table (issue 15 §1) from `scripts/plain_loop.py --out` files.
 
 One row per setting (method, side, and the one setting changed), over its seeds: test accuracy on the task's
-seeded 200 dev rows (what run.py scores) per seed, mean ± sd, the difference to the method's run.py row with a
-95% bootstrap CI over seeds and P(X > run.py) (framework.stats), the accuracy on the dev file's first 200 rows
-(plain side only) and the median training seconds.
+seeded 200 dev rows (what run.py scores) per seed, mean ± sd, the difference to its reference (the plain loop
+to run.py; a changed setting to the plain loop) paired by seed, with a 95% bootstrap CI over seeds and
+P(X > ref) (framework.stats), the accuracy on the dev file's first 200 rows (plain side only) and the median
+training seconds.
 
   python scripts/plain_loop_table.py results/smollm2-plain-loop/runs.jsonl
 """
@@ -33,7 +34,7 @@ def label(record: dict) -> str:
     if record.get("padding", "right") != "right":
         changes.append(f"{record['padding']} padding")
     if record.get("train_subset", "seeded") != "seeded":
-        changes.append(f"train rows: the file's {record['train_subset']}")
+        changes.append(f"training rows: the file's {record['train_subset']} {record.get('train_rows')}")
     if record.get("clip") is not None:
         changes.append(f"clip {record['clip']}")
     changes += record.get("overrides") or []
@@ -50,28 +51,37 @@ def load(paths: list[Path]) -> pd.DataFrame:
 
 
 def table(frame: pd.DataFrame) -> str:
-    lines = ["| method | setting | seeds | test acc per seed (seeded 200) | mean ± sd | Δ vs run.py [95% CI] "
-             "| P(X > run.py) | first 200 rows, mean | train s (median) |",
-             "|---|---|---:|---|---:|---:|---:|---:|---:|"]
+    """Each setting against its reference: the plain loop against run.py, every changed setting against the
+    plain loop (one setting at a time). Δ is paired by seed (the seeds both rows have); the CI and P(X > ref)
+    compare all seeds of both rows (framework.stats: 3 seeds or more on each side)."""
+    lines = ["| method | setting | seeds | test acc per seed (seeded 200) | mean ± sd | reference | Δ, same seeds "
+             "| Δ 95% CI (all seeds) | P(X > ref) | first 200 rows, mean | train s (median) |",
+             "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for method, rows in frame.groupby("method", sort=True):
-        reference = rows[rows["setting"] == "run.py"].sort_values("seed")["test_accuracy"].tolist()
-        order = sorted(rows["setting"].unique(), key=lambda s: (s != "run.py", s != "plain loop", s))
+        by_setting = {name: group.set_index("seed")["test_accuracy"].sort_index()
+                      for name, group in rows.groupby("setting")}
+        order = sorted(by_setting, key=lambda s: (s != "run.py", s != "plain loop", s))
         for setting in order:
             runs = rows[rows["setting"] == setting].sort_values("seed")
-            scores = runs["test_accuracy"].tolist()
-            per_seed = ", ".join(f"{s:.1f} (s{seed})" for s, seed in zip(scores, runs["seed"]))
-            spread = f"{pd.Series(scores).mean():.1f} ± {pd.Series(scores).std(ddof=1):.1f}" if len(scores) > 1 \
-                else f"{scores[0]:.1f}"
-            if setting == "run.py":
-                delta = probability = "(reference)"
-            else:
-                delta = stats.difference_interval(scores, reference).show(signed=True)
-                p = stats.improvement_probability(scores, reference)
+            scores = by_setting[setting]
+            per_seed = ", ".join(f"{v:.1f} (s{seed})" for seed, v in scores.items())
+            spread = f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f}" if len(scores) > 1 else f"{scores.iloc[0]:.1f}"
+            reference = None if setting == "run.py" else "run.py" if setting == "plain loop" else "plain loop"
+            delta = interval = probability = "—"
+            if reference in by_setting:
+                ref = by_setting[reference]
+                common = scores.index.intersection(ref.index)
+                if len(common):
+                    delta = f"{(scores[common] - ref[common]).mean():+.2f} (seeds {', '.join(map(str, common))})"
+                estimate = stats.difference_interval(scores.tolist(), ref.tolist())
+                interval = (f"[{estimate.low:+.2f}, {estimate.high:+.2f}]" if estimate.has_ci
+                            else f"no CI: {estimate.reason}")
+                p = stats.improvement_probability(scores.tolist(), ref.tolist())
                 probability = "—" if p is None else f"{p:.2f}"
             first = runs["test_accuracy_first_rows"].dropna() if "test_accuracy_first_rows" in runs else []
             first_text = f"{first.mean():.1f}" if len(first) else "—"
-            lines.append(f"| {method} | {setting} | {len(scores)} | {per_seed} | {spread} | {delta} | {probability} "
-                         f"| {first_text} | {runs['train_s'].median():.0f} |")
+            lines.append(f"| {method} | {setting} | {len(scores)} | {per_seed} | {spread} | {reference or '—'} "
+                         f"| {delta} | {interval} | {probability} | {first_text} | {runs['train_s'].median():.0f} |")
     return "\n".join(lines)
 
 

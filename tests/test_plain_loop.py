@@ -42,7 +42,7 @@ def test_subsets_are_the_tasks_seeded_rows_and_the_files_first_rows():
 
 def _record(method, side, seed, accuracy, **changes):
     base = {"method": method, "side": side, "seed": seed, "clip": None, "answer": "sentence", "eos": True,
-            "padding": "right", "overrides": [], "train_rows": 512, "test_rows": 200, "batch_size": 8,
+            "padding": "right", "overrides": [], "train_subset": "seeded", "train_rows": 512, "test_rows": 200, "batch_size": 8,
             "test_accuracy": accuracy, "train_s": 100.0}
     if side == "plain":
         base["test_accuracy_first_rows"] = accuracy - 1
@@ -61,10 +61,12 @@ def test_table_compares_each_setting_with_its_methods_run_py_row(tmp_path):
     rows = {tuple(cell.strip() for cell in line.split("|")[1:3]): line for line in lines[2:]}
     assert set(rows) == {("c3a", "run.py"), ("c3a", "plain loop"), ("c3a", "plain loop: answer word, left padding"),
                          ("lora", "run.py"), ("lora", "plain loop")}
-    assert "(reference)" in rows[("c3a", "run.py")] and "81.0 ± 1.0" in rows[("c3a", "run.py")]
-    assert "+0.00 [" in rows[("c3a", "plain loop")]          # identical seeds: difference 0 with a CI
-    assert "+9.00 (no CI: only 1 seed" in rows[("c3a", "plain loop: answer word, left padding")]
-    assert "| 89.0 |" in rows[("c3a", "plain loop: answer word, left padding")]  # the first-rows column
+    assert "| 81.0 ± 1.0 | — |" in rows[("c3a", "run.py")]
+    # identical seeds: paired difference 0, with a CI (3 seeds each side)
+    assert "| run.py | +0.00 (seeds 0, 1, 2) | [" in rows[("c3a", "plain loop")]
+    changed = rows[("c3a", "plain loop: answer word, left padding")]
+    assert "| plain loop | +10.00 (seeds 0) | no CI: only 1 seed" in changed  # paired with the plain loop's seed 0
+    assert "| 89.0 |" in changed  # the first-rows column
 
 
 def test_a_rerun_skips_the_seeds_its_results_file_holds(tmp_path, capsys):
