@@ -88,7 +88,7 @@ plain-loop-ablations: ## The plain loop with one setting changed at a time (answ
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --answer word
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --padding left
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --no-eos
-	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) task.template=alpaca
+	$(PLAIN_LOOP) --method c3a task.template=alpaca --seeds $(SEEDS)
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --train-subset first
 	$(PYTHON) scripts/plain_loop_table.py $(PLAIN_LOOP_OUT)
 
