@@ -209,13 +209,13 @@ def main(argv=None) -> int:
 
     done = set()
     if args.out is not None and args.out.exists():
-        done = {json.dumps(setting_of(json.loads(line))) for line in args.out.read_text().splitlines() if line.strip()}
+        done = {_key(json.loads(line)) for line in args.out.read_text().splitlines() if line.strip()}
     for seed in args.seeds:
         setting = {"method": args.method, "side": args.side, "seed": seed, "clip": args.clip, "answer": args.answer,
                    "eos": not args.no_eos, "padding": args.padding, "overrides": args.overrides,
                    "train_subset": args.train_subset, "train_rows": args.train_rows, "test_rows": args.test_rows,
                    "batch_size": args.batch_size}
-        if json.dumps(setting) in done:
+        if _key(setting) in done:
             print(f"skipped (in {args.out}): {json.dumps(setting)}", flush=True)
             continue
         with tempfile.TemporaryDirectory(prefix="plain_loop_") as work:
@@ -238,6 +238,11 @@ SETTING_KEYS = ("method", "side", "seed", "clip", "answer", "eos", "padding", "o
 def setting_of(record: dict) -> dict:
     """What identifies a run in a results file (its setting and seed, not its measurements)."""
     return {k: record.get(k) for k in SETTING_KEYS}
+
+
+def _key(record: dict) -> str:
+    """A run's setting as one comparable string, whatever the order of the record's keys."""
+    return json.dumps(setting_of(record), sort_keys=True)
 
 
 if __name__ == "__main__":

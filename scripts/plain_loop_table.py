@@ -22,7 +22,6 @@ sys.path.insert(0, str(ROOT))
 from framework import stats  # noqa: E402
 
 
-
 def label(record: dict) -> str:
     """The side, then every setting that differs from run.py's ("the correct answer is …" + EOS, right padding)."""
     side = "run.py" if record["side"] == "runpy" else "plain loop"
