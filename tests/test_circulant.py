@@ -10,6 +10,7 @@ from c3a.circulant import (
     c3a_linear,
     choose_path,
     kernel_grad,
+    merged_weight,
 )
 
 f64 = torch.float64
@@ -46,6 +47,23 @@ def test_matrix_matches_peft():
 
     kernel = _kernel(24, 16, 8)
     torch.testing.assert_close(block_circulant_matrix(kernel), get_circulant_fast(kernel), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, f64, torch.bfloat16])
+@pytest.mark.parametrize("d_in,d_out,p", [(24, 72, 8), (72, 24, 8), (16, 16, 16)])
+def test_merged_weight_equals_dense(d_in, d_out, p, dtype):
+    """The one-pass NumPy build (CPU float32/64; torch otherwise) is W0 + scale·C, also from a strided W0 and a
+    W0 / kernel that require grad; it is a fresh tensor outside autograd and leaves its inputs untouched."""
+    kernel = _kernel(d_in, d_out, p).to(dtype).requires_grad_()
+    weight = _x((d_in, d_out)).to(dtype).T.requires_grad_()  # a transposed (non-contiguous) W0
+    before = weight.detach().clone(), kernel.detach().clone()
+    merged = merged_weight(weight, kernel, -0.75)
+    expected = weight.detach().double() - 0.75 * block_circulant_matrix(kernel.detach().double())
+    tolerance = {torch.float32: 1e-6, f64: 1e-14, torch.bfloat16: 2e-2}[dtype]
+    assert merged.dtype == dtype and merged.shape == (d_out, d_in) and not merged.requires_grad
+    torch.testing.assert_close(merged.double(), expected, rtol=tolerance, atol=tolerance)
+    assert torch.equal(weight.detach(), before[0]) and torch.equal(kernel.detach(), before[1])
+    assert merged.data_ptr() != weight.data_ptr()
 
 
 @pytest.mark.parametrize("d_in,d_out,p", SHAPES)
