@@ -40,7 +40,6 @@ from framework import threads  # noqa: E402
 
 threads.configure()  # before torch loads, as run.py
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 GLUE = ROOT.parent / "shared" / "data" / "glue" / "SST-2"
@@ -79,18 +78,13 @@ def rewrite_answers(rows: list[dict], tokenizer, answer: str, eos: bool) -> list
 
 
 def test_subsets(task, tokenizer, count: int) -> tuple[list[dict], dict[str, set[int]]]:
-    """Generation rows for the union of the task's seeded test subset and the first ``count`` rows of the
-    same file; each row's ``set`` holds its position in the file, so one pass scores both subsets."""
+    """Generation rows for the union of the task's seeded test subset (what run.py scores) and the first
+    ``count`` rows of the same file; each row's ``set`` holds its position in the file, so one pass scores both."""
     (name,) = task.test_sources  # one test set (SST-2 dev)
-    examples = task._examples[f"test/{name}"]
-    seeded_examples = task._test_split(tokenizer)  # builds the seeded subset exactly as run.py does
-    position = {id(e): i for i, e in enumerate(examples)}
-    eval_seq = np.random.SeedSequence(task.split_seed).spawn(3)[2]
-    seeded = {position[id(e)] for e in task._subset(examples, task.max_eval_samples, eval_seq)}
-    assert len(seeded) == len(seeded_examples)
-    subsets = {"seeded": seeded, "first": set(range(min(count, len(examples))))}
+    examples = task.examples(f"test/{name}")
+    subsets = {"seeded": set(task.test_positions()[name]), "first": set(range(min(count, len(examples))))}
     union = sorted(subsets["seeded"] | subsets["first"])
-    rows = task._eval_rows([examples[i] for i in union], [str(i) for i in union], tokenizer)
+    rows = task.eval_rows([examples[i] for i in union], [str(i) for i in union], tokenizer)
     return rows, subsets
 
 
@@ -108,7 +102,7 @@ def plain_run(cfg, args, seed: int) -> dict:
     splits = task.splits(tokenizer)
     train = list(splits["train"].rows)
     if args.train_subset == "first":
-        train, _ = task._train_rows(task._examples["train"][:args.train_rows], tokenizer)
+        train, _ = task.train_rows(task.examples("train")[:args.train_rows], tokenizer)
     if args.answer != "sentence" or args.no_eos:
         train = rewrite_answers(train, tokenizer, args.answer, not args.no_eos)
     torch.manual_seed(seed)

@@ -66,7 +66,7 @@ def test_loss_covers_the_answer_tokens_only(tokenizer):
     task = math_task()
     splits = task.splits(tokenizer)
     assert tokenizer.pad_token is not None and task.describe()["pad_token_set_to"] == tokenizer.eos_token
-    by_target = {e.target: e for e in task._examples["train"]}
+    by_target = {e.target: e for e in task.examples("train")}
     for row in splits["train"]:
         answer = row["labels"] != IGNORE
         first = int(np.argmax(answer))
@@ -182,7 +182,7 @@ def test_evalplus_scores_one_generation_against_base_and_plus_tests(tokenizer):
     rows = list(task.splits(tokenizer)["test"])
     batch = task.collate(tokenizer, "test")(rows)
     assert all(ref["plus_test"] for ref in batch["reference"])
-    canonical = {r.reference["task_id"]: r.target for r in task._examples["test/humaneval"] + task._examples["test/mbpp"]}
+    canonical = {r.reference["task_id"]: r.target for r in task.examples("test/humaneval") + task.examples("test/mbpp")}
     memorised = {"Sample/0": "def add(a, b):\n    return {(2, 3): 5, (-1, 1): 0}[(a, b)]",
                  "Sample/1": "def total(xs):\n    return sum(x for x in xs if x > 0)",
                  3: "def factorial(n):\n    return {5: 120, 0: 1}[n]",
@@ -254,7 +254,7 @@ def test_val_is_a_slice_of_train_and_test_sets_stay_apart(tokenizer):
     val_prompts = {tuple(r["prompt_ids"]) for r in splits["val"]}
     train_prompts = {tuple(r["input_ids"][:int(np.argmax(r["labels"] != IGNORE))]) for r in splits["train"]}
     assert len(val_prompts) == 3 and not val_prompts & train_prompts
-    assert len(val_prompts | train_prompts) == len(task._examples["train"])
+    assert len(val_prompts | train_prompts) == len(task.examples("train"))
     assert {r["set"] for r in splits["val"]} == {"val"} and {r["set"] for r in splits["test"]} == {"boolq"}
     info = task.describe()
     assert info["sizes"] == {"train": 5, "val": 3, "test": 2} and "never used for selection" in info["split"]
@@ -293,11 +293,11 @@ def test_glue_as_instructions(name, folder, keywords):
                         test={name: {"format": f"{name}-instruct", "path": "dev.tsv"}},
                         data_dir=str(TEST_GLUE / folder), val_size=4)
     task.check_data()
-    for example in task._examples["train"]:
+    for example in task.examples("train"):
         assert example.keywords == keywords and example.reference in keywords
         assert example.target == f"the correct answer is {example.reference}"
         assert f"Answer format: {keywords[0]}/{keywords[1]}" in example.instruction
-    assert {e.reference for e in task._examples["train"]} == set(keywords)  # both labels occur
+    assert {e.reference for e in task.examples("train")} == set(keywords)  # both labels occur
 
 
 # --------------------------------------------------------------------------------- full runs

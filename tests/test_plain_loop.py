@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 
+import pytest
 from omegaconf import OmegaConf
 
 from conftest import ROOT, TEST_GLUE, compose_cfg
@@ -35,9 +36,11 @@ def test_subsets_are_the_tasks_seeded_rows_and_the_files_first_rows():
     assert set(prompt) == subsets["first"] | subsets["seeded"]
     # the seeded subset is exactly what run.py scores (same prompts), the first rows are the file's first rows
     assert sorted(prompt[i] for i in subsets["seeded"]) == sorted(r["prompt_ids"].tolist() for r in splits["test"])
-    first_examples = task._examples["test/sst2"][:3]
+    first_examples = task.examples("test/sst2")[:3]
     assert sorted(prompt[i] for i in range(3)) == sorted(r["prompt_ids"].tolist()
-                                                         for r in task._eval_rows(first_examples, ["x"] * 3, tokenizer))
+                                                         for r in task.eval_rows(first_examples, ["x"] * 3, tokenizer))
+    with pytest.raises(ValueError, match=r"'test/dev' is not one of \['test/sst2', 'train'\]"):
+        task.examples("test/dev")
 
 
 def _record(method, side, seed, accuracy, **changes):

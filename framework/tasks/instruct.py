@@ -160,7 +160,9 @@ class InstructTask(Task):
         encoded = tokenizer(texts, add_special_tokens=self.template != "chat")["input_ids"] if texts else []
         return [np.asarray(ids, dtype=np.int32) for ids in encoded]
 
-    def _train_rows(self, examples: list[Example], tokenizer) -> tuple[list[dict], dict]:
+    def train_rows(self, examples: list[Example], tokenizer) -> tuple[list[dict], dict]:
+        """Training rows as the trainer sees them: prompt + target + EOS, prompt labelled -100, cut to max_length
+        (rows whose prompt alone is too long dropped); with counts of both."""
         prompts = self._prompt_ids(examples, tokenizer)
         targets = tokenizer([e.target for e in examples], add_special_tokens=False)["input_ids"] if examples else []
         rows, truncated, dropped = [], 0, 0
@@ -180,7 +182,7 @@ class InstructTask(Task):
         """``_train_rows`` through a cache (``cache_dir/instruct_tokenized``) keyed by the examples' text, the
         template, ``max_length`` and the tokenizer's definition: a sweep tokenises MetaMathQA once, not per run."""
         if self.cache_dir is None:
-            return self._train_rows(examples, tokenizer)
+            return self.train_rows(examples, tokenizer)
         texts = hashlib.sha256()
         for e in examples:
             texts.update("\0".join((e.instruction, e.input, e.target)).encode("utf-8") + b"\1")
@@ -191,24 +193,37 @@ class InstructTask(Task):
         key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode("utf-8")).hexdigest()
         path = self.cache_dir / "instruct_tokenized" / f"{self.name}-{key[:20]}.npz"
         hit = path.is_file()
-        rows, stats = load_rows(path) if hit else self._train_rows(examples, tokenizer)
+        rows, stats = load_rows(path) if hit else self.train_rows(examples, tokenizer)
         if not hit:
             save_rows(path, rows, stats)
         self._info["tokenized_cache"] = {"path": str(path), "hit": hit}
         return rows, stats
 
-    def _eval_rows(self, examples: list[Example], set_names: list[str], tokenizer) -> list[dict]:
+    def eval_rows(self, examples: list[Example], set_names: list[str], tokenizer) -> list[dict]:
+        """Generation rows as the trainer scores them (each knows its set name), longest prompt first."""
         prompts = self._prompt_ids(examples, tokenizer)
         rows = [{"prompt_ids": p, "set": s, "scorer": e.scorer, "reference": e.reference, "keywords": e.keywords}
                 for p, s, e in zip(prompts, set_names, examples)]
         return sorted(rows, key=lambda r: -len(r["prompt_ids"]))  # similar lengths share a batch: less padding
 
     # ------------------------------------------------------------------------------------ data
-    def _subset(self, rows: list, count: Optional[int], stream: np.random.SeedSequence) -> list:
-        if count is None or count >= len(rows):
-            return rows
-        picked = np.sort(np.random.default_rng(stream).permutation(len(rows))[:count])
-        return [rows[i] for i in picked]
+    def examples(self, source: str) -> list[Example]:
+        """The examples read from one source: "train" or "test/<name>" (in file order)."""
+        self.check_data()
+        if source not in self._examples:
+            raise ValueError(f"source {source!r} is not one of {sorted(self._examples)}")
+        return self._examples[source]
+
+    def test_positions(self) -> dict[str, list[int]]:
+        """Each test set's rows that are scored, as positions in its file: a seeded draw of max_eval_samples."""
+        self.check_data()
+        eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)[2]
+        return {n: _subset_positions(len(self._examples[f"test/{n}"]), self.max_eval_samples, eval_seq)
+                for n in self.test_sources}
+
+    @staticmethod
+    def _subset(rows: list, count: Optional[int], stream: np.random.SeedSequence) -> list:
+        return [rows[i] for i in _subset_positions(len(rows), count, stream)]
 
     def _use_tokenizer(self, tokenizer) -> None:
         self.check_data()
@@ -216,10 +231,9 @@ class InstructTask(Task):
 
     def _test_split(self, tokenizer) -> ListDataset:
         """The test sets as one generation split (each row knows its set)."""
-        eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)[2]
-        tests = {n: self._subset(self._examples[f"test/{n}"], self.max_eval_samples, eval_seq)
-                 for n in self.test_sources}
-        rows = self._eval_rows([e for r in tests.values() for e in r], [n for n, r in tests.items() for _ in r],
+        tests = {n: [self._examples[f"test/{n}"][i] for i in positions]
+                 for n, positions in self.test_positions().items()}
+        rows = self.eval_rows([e for r in tests.values() for e in r], [n for n, r in tests.items() for _ in r],
                                tokenizer)
         self._info.update(test_sizes={n: len(r) for n, r in tests.items()},
                           longest_eval_prompt=max(len(r["prompt_ids"]) for r in rows))
@@ -246,9 +260,9 @@ class InstructTask(Task):
         if not train_rows:
             raise ValueError(f"every training row's prompt is longer than task.max_length={self.max_length}")
         if self.val_metric == "loss":
-            val_rows, _ = self._train_rows(val, tokenizer)
+            val_rows, _ = self.train_rows(val, tokenizer)
         else:
-            val_rows = self._eval_rows(val, ["val"] * len(val), tokenizer)
+            val_rows = self.eval_rows(val, ["val"] * len(val), tokenizer)
         test = self._test_split(tokenizer)
         self._info.update(sizes={"train": len(train_rows), "val": len(val_rows), "test": len(test)},
                           train_pool_size=len(pool) - n_val, val_size=n_val, train_rows=stats)
@@ -398,6 +412,13 @@ class InstructTask(Task):
             "sandbox": {**self.sandbox, **_sandbox_isolation(self.test_sources)},
             **self._info,
         }
+
+
+def _subset_positions(size: int, count: Optional[int], stream: np.random.SeedSequence) -> list[int]:
+    """``count`` of ``size`` positions drawn by ``stream``, in order (all of them if count is None or larger)."""
+    if count is None or count >= size:
+        return list(range(size))
+    return np.sort(np.random.default_rng(stream).permutation(size)[:count]).tolist()
 
 
 def _runs_code(test_sources: dict) -> bool:
