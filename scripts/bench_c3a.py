@@ -15,7 +15,7 @@ ours, then ours then LoRA, ...): its ratio is the median of the per-pair ratios,
 that load from other jobs, which slows both steps of a pair alike, does not flip the verdict.
 Peak memory on CPU: peak resident set size (VmHWM after resetting it through /proc/self/clear_refs) minus the
 resident size just before the step. malloc is told (mallopt) to return every allocation of 64 KiB or more to the
-OS when freed, so RSS follows the live tensors. It includes everything the step allocates (outputs, saved
+OS when freed, and free heap pages are returned (malloc_trim) before each step, so RSS follows the live tensors. It includes everything the step allocates (outputs, saved
 activations, gradients, transients). On CUDA: torch.cuda.max_memory_allocated above the start of the step.
 
 Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better), and a
@@ -23,7 +23,10 @@ Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is bette
 Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
 k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
 q,k,v,up,down, in float32 and under bfloat16 autocast: `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time`
-(wall) and `..._step_cpu_time` (CPU seconds), medians of the per-pair ratios with a SPREAD line each. The Llama
+(wall) and `..._step_cpu_time` (CPU seconds), medians of the per-pair ratios with a SPREAD line each. Before
+them, each adapted projection alone (fwd+bwd, frozen / LoRA / ours, in float32 and bfloat16 autocast):
+`RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's q,k,v,up,down summed) and `..._overhead_time`
+(what each adds to the frozen Linear). The Llama
 part runs first, before the malloc setting of the memory measurement, which no training run has: with every
 allocation of 64 KiB or more mapped afresh, each of C3A's W_eff builds page-faults (issue 15: all projections,
 float32, 1.06 with it against 0.99 without, same code). The RoBERTa part times and measures memory in the same
@@ -57,9 +60,9 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         if device.type == "cpu":
-            libc = ctypes.CDLL("libc.so.6")
+            self.libc = ctypes.CDLL("libc.so.6")
             m_mmap_threshold = -3
-            if libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) != 1:
+            if self.libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) != 1:
                 raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: CPU peak memory would be wrong")
 
     @staticmethod
@@ -76,6 +79,7 @@ class PeakMemory:
             torch.cuda.reset_peak_memory_stats()
             self.baseline = torch.cuda.memory_allocated()
         else:
+            self.libc.malloc_trim(0)  # free heap pages (from before the mallopt, e.g. the Llama part) back to the OS
             with open("/proc/self/clear_refs", "w") as clear_refs:
                 clear_refs.write("5")  # resets VmHWM to the current RSS
             self.baseline = self._status_kib("VmRSS") * 1024
@@ -259,6 +263,62 @@ def bench_model(batch, seq, num_layers, device, memory, pairs, sync) -> dict:
     return {"ratios": ratios, "peak": {name: statistics.median(values) for name, values in peaks.items()}}
 
 
+# SmolLM2-135M's adapted projections: (d_in, d_out, C3A block size), as build_llama adapts them
+LLAMA_PROJECTIONS = {"q_proj": (576, 576, 64), "k_proj": (576, 192, 64), "v_proj": (576, 192, 64),
+                     "up_proj": (576, 1536, 192), "down_proj": (1536, 576, 192)}
+
+
+def bench_llama_layers(dtype: str, rounds: int, device, sync) -> dict:
+    """Forward + backward of each adapted projection of one decoder layer alone (8 x 64 tokens, input requiring
+    grad): the frozen Linear, LoRA r=8 (PEFT) and ours (c3a.add_c3a), interleaved round by round. Where a
+    model step's difference comes from, without attention, norms and the LM head around it."""
+    import peft
+
+    from c3a import C3AConfig, add_c3a
+
+    per_round = {m: [0.0] * rounds for m in ("frozen", "lora", "ours")}
+    print(f"\nLlama projections alone (SmolLM2 shapes), fwd+bwd, 8 x 64 tokens, {dtype}, {rounds} rounds: median ms")
+    for name, (d_in, d_out, block_size) in LLAMA_PROJECTIONS.items():
+        gen = torch.Generator(device=device).manual_seed(4)
+        x = torch.randn(8, 64, d_in, device=device, generator=gen).requires_grad_()
+        grad_out = torch.randn(8, 64, d_out, device=device, generator=gen)
+        steps = {}
+        for method in per_round:
+            torch.manual_seed(0)
+            module = Holder(nn.Linear(d_in, d_out, bias=False, device=device)).requires_grad_(False)
+            if method == "lora":
+                module = peft.get_peft_model(module, peft.LoraConfig(r=8, lora_alpha=16, target_modules=["proj"]))
+            elif method == "ours":
+                add_c3a(module, C3AConfig(target_modules=["proj"], block_size=block_size))
+
+            def step(module=module):
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bf16"):
+                    out = module(x)
+                out.backward(grad_out.to(out.dtype))
+                x.grad = None
+                for param in module.parameters():
+                    param.grad = None
+
+            steps[method] = step
+        for step in steps.values():
+            step()
+        times = {m: [] for m in steps}
+        for round_index in range(rounds):
+            for method in (list(steps) if round_index % 2 == 0 else list(steps)[::-1]):
+                sync()
+                begin = time.perf_counter()
+                steps[method]()
+                sync()
+                times[method].append(time.perf_counter() - begin)
+                per_round[method][round_index] += times[method][-1]
+        print(f"  {name:<10}" + "".join(f"{m} {fmt_ms(statistics.median(t))}  " for m, t in times.items()), flush=True)
+    ratios = [o / l for o, l in zip(per_round["ours"], per_round["lora"])]
+    overheads = [(o - f) / (l - f) for o, l, f in zip(per_round["ours"], per_round["lora"], per_round["frozen"])]
+    print("  one layer's projections, ours / lora per round: " + " ".join(f"{r:.3f}" for r in ratios))
+    return {f"llama_layers_{dtype}_c3a_vs_lora_time": ratios,
+            f"llama_layers_{dtype}_c3a_vs_lora_overhead_time": overheads}
+
+
 LLAMA_TARGETS = {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj", "up_proj", "down_proj"]}
 
 
@@ -339,14 +399,20 @@ def main(argv=None) -> None:
     parser.add_argument("--parts", default="roberta,llama", help="roberta, llama or both (comma-separated)")
     parser.add_argument("--llama-pairs", type=int, default=5, help="timed (LoRA, ours) pairs per Llama setting")
     parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
+    parser.add_argument("--llama-rounds", type=int, default=10,
+                        help="interleaved rounds of the projections-alone Llama timing (float32 and bfloat16)")
     parser.add_argument("--llama-bf16-layers", type=int, default=4,
-                        help="decoder layers under bfloat16 autocast (slow on CPUs without bf16 matmul units)")
+                        help="decoder layers of the model step under bfloat16 autocast (slow on CPUs without bf16 "
+                             "matmul units; 0: skip it, the projections-alone timing still runs in bfloat16)")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or parts - {"roberta", "llama"}:
         parser.error(f"--parts={args.parts!r}: choose from roberta, llama (comma-separated)")
     if args.model_pairs < 1:
         parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
+    if args.llama_rounds < 1 or args.llama_bf16_layers < 0:
+        parser.error(f"--llama-rounds={args.llama_rounds} must be >= 1 and --llama-bf16-layers="
+                     f"{args.llama_bf16_layers} >= 0")
 
     device = torch.device(args.device)
     threads = args.threads
@@ -370,7 +436,11 @@ def main(argv=None) -> None:
     begin = time.perf_counter()
     ratios, spreads = {}, {}
     if "llama" in parts:
-        settings = [("fp32", args.llama_layers)] + ([] if args.quick else [("bf16", args.llama_bf16_layers)])
+        for dtype in ("fp32",) if args.quick else ("fp32", "bf16"):
+            for name, values in bench_llama_layers(dtype, 2 if args.quick else args.llama_rounds, device, sync).items():
+                ratios[name], spreads[name] = statistics.median(values), values
+        settings = [("fp32", args.llama_layers)] + ([] if args.quick or not args.llama_bf16_layers
+                                                    else [("bf16", args.llama_bf16_layers)])
         for dtype, num_layers in settings:  # --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
             for targets_name in LLAMA_TARGETS:
                 layers_here = 2 if args.quick else num_layers

@@ -9,8 +9,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 LLAMA = [f"llama_{targets}_fp32_c3a_vs_lora_step_{kind}" for targets in ("qv", "all") for kind in ("time", "cpu_time")]
+LLAMA_LAYERS = ["llama_layers_fp32_c3a_vs_lora_time", "llama_layers_fp32_c3a_vs_lora_overhead_time"]
 REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory", "c3a_vs_lora_step_time",
-            *LLAMA]
+            *LLAMA, *LLAMA_LAYERS]
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
@@ -39,4 +40,6 @@ def test_bench_quick_prints_ratios():
     values = sorted(float(v) for v in per_pair.split(":")[1].split())
     assert len(values) == 3 and abs(values[1] - ratios["c3a_vs_lora_step_time"]) < 1e-3
     for name in LLAMA:  # the Llama-path ratios: medians of paired steps, with their spread
+        assert spreads[name]["pairs"] == 2 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"], name
+    for name in LLAMA_LAYERS:  # the projections alone: one ratio per interleaved round (--quick: 2)
         assert spreads[name]["pairs"] == 2 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"], name
