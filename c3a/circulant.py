@@ -5,8 +5,8 @@ so block i of the output is Σ_j (circular cross-correlation of x_j with w_ij), 
 Y_i = Σ_j conj(W_ij) · X_j with real FFTs of length p.
 
 Two exact ways to evaluate `c3a_linear` (chosen by dtype, token count and device, see `choose_path`):
-- "merged": float32/float64 model. One matmul with W0 + scale·C(kernel) built on the fly (d_out·d_in work, tiny
-  next to N·d_out·d_in). Backward: grad_x = g @ W_eff; kernel grad through FFTs (`kernel_grad`). Saves only x.
+- "merged": float32/float64 model. One matmul with W0 + scale·C(kernel) built on the fly (`merged_weight`: d_out·d_in
+  work, tiny next to N·d_out·d_in). Backward: grad_x = g @ W_eff; kernel grad through FFTs (`kernel_grad`). Saves only x.
 - "fft": half-precision model (a bf16 merged weight would round the adapter away) or few tokens. The adapter runs
   in float32 through FFTs and is added in place to the base output. Saves only x (in its own dtype).
 
@@ -21,6 +21,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 # The merged path builds a dense W_eff (d_out·d_in, fresh memory, twice per step); it pays once the tokens
 # outnumber MERGE_TOKENS_PER_DIM x the harmonic mean of d_in and d_out (CPU, SmolLM2's shapes at 512 tokens:
@@ -52,7 +53,10 @@ def merged_weight(weight: torch.Tensor, kernel: torch.Tensor, scale: float) -> t
     negative stride a circulant view needs: C[i, r, j, c] = doubled_ij[p - r + c]. torch's flip + add makes
     and rereads a d_out·d_in temporary: issue 15 measured the pass at ~0.6x the time for SmolLM2's MLP shapes.
     """
-    if weight.device.type != "cpu" or weight.dtype not in (torch.float32, torch.float64) or kernel.dtype != weight.dtype:
+    plain = type(weight) in (torch.Tensor, nn.Parameter) and type(kernel) in (torch.Tensor, nn.Parameter)
+    if (not plain or torch.compiler.is_compiling() or weight.device.type != "cpu"
+            or weight.dtype not in (torch.float32, torch.float64) or kernel.dtype != weight.dtype):
+        # torch: GPUs, half precision, tensor subclasses and traced graphs (NumPy sees none of them)
         return torch.add(weight.detach(), block_circulant_matrix(kernel.detach()), alpha=scale)
     b_out, b_in, p = kernel.shape
     small = kernel.detach().resolve_neg().numpy()
