@@ -16,7 +16,8 @@ that load from other jobs, which slows both steps of a pair alike, does not flip
 Peak memory on CPU: peak resident set size (VmHWM after resetting it through /proc/self/clear_refs) minus the
 resident size just before the step. malloc is told (mallopt) to return every allocation of 64 KiB or more to the
 OS when freed, and free heap pages are returned (malloc_trim) before each step, so RSS follows the live tensors.
-It includes everything the step allocates (outputs, saved activations, gradients, transients). On CUDA: torch.cuda.max_memory_allocated above the start of the step.
+It includes everything the step allocates (outputs, saved activations, gradients, transients). On CUDA:
+torch.cuda.max_memory_allocated above the start of the step.
 
 Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better), and a
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
