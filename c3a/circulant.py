@@ -6,7 +6,8 @@ Y_i = Σ_j conj(W_ij) · X_j with real FFTs of length p.
 
 Two exact ways to evaluate `c3a_linear` (chosen by dtype, token count and device, see `choose_path`):
 - "merged": float32/float64 model. One matmul with W0 + scale·C(kernel) built on the fly (`merged_weight`:
-  d_out·d_in work, tiny next to N·d_out·d_in). Backward: grad_x = g @ W_eff; kernel grad through FFTs (`kernel_grad`). Saves only x.
+  d_out·d_in work, tiny next to N·d_out·d_in). Backward: grad_x = g @ W_eff; kernel grad through FFTs
+  (`kernel_grad`). Saves only x.
 - "fft": half-precision model (a bf16 merged weight would round the adapter away) or few tokens. The adapter runs
   in float32 through FFTs and is added in place to the base output. Saves only x (in its own dtype).
 
