@@ -402,15 +402,18 @@ def main(argv=None) -> None:
     parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
     parser.add_argument("--llama-rounds", type=int, default=10,
                         help="interleaved rounds of the projections-alone Llama timing (float32 and bfloat16)")
-    parser.add_argument("--llama-bf16-layers", type=int, default=4,
-                        help="decoder layers of the model step under bfloat16 autocast (slow on CPUs without bf16 "
-                             "matmul units; 0: skip it, the projections-alone timing still runs in bfloat16)")
+    parser.add_argument("--llama-bf16-layers", type=int, default=None,
+                        help="decoder layers of the model step under bfloat16 autocast; default 4 on CUDA, 0 (skip) "
+                             "on a CPU, where bf16 matmuls crawl without bf16 units (one 4-layer step: minutes); "
+                             "the projections-alone timing runs in bfloat16 either way")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or parts - {"roberta", "llama"}:
         parser.error(f"--parts={args.parts!r}: choose from roberta, llama (comma-separated)")
     if args.model_pairs < 1:
         parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
+    if args.llama_bf16_layers is None:
+        args.llama_bf16_layers = 4 if args.device.startswith("cuda") else 0
     if args.llama_rounds < 1 or args.llama_bf16_layers < 0:
         parser.error(f"--llama-rounds={args.llama_rounds} must be >= 1 and --llama-bf16-layers="
                      f"{args.llama_bf16_layers} >= 0")
