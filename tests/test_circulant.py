@@ -66,6 +66,19 @@ def test_merged_weight_equals_dense(d_in, d_out, p, dtype):
     assert merged.data_ptr() != weight.data_ptr()
 
 
+def test_merged_weight_split_over_threads_is_the_same(monkeypatch):
+    """A large W_eff is built by block rows in several threads (here 4 for 9 block rows: uneven parts)."""
+    from c3a import circulant
+
+    kernel, weight = _kernel(16, 72, 8, dtype=torch.float32), _x((72, 16)).float()
+    single = merged_weight(weight, kernel, 0.3)
+    monkeypatch.setattr(circulant, "PARALLEL_BUILD_ELEMENTS", 0)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
+    used, add = [], circulant._add_by_block_rows
+    monkeypatch.setattr(circulant, "_add_by_block_rows", lambda *args: used.append(args[-1]) or add(*args))
+    assert torch.equal(merged_weight(weight, kernel, 0.3), single) and used == [4]
+
+
 @pytest.mark.parametrize("d_in,d_out,p", SHAPES)
 def test_matmul_equals_dense_float64(d_in, d_out, p):
     kernel = _kernel(d_in, d_out, p)
