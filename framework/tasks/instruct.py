@@ -179,7 +179,7 @@ class InstructTask(Task):
         return rows, {"truncated": int(truncated), "dropped_prompt_too_long": int(dropped)}
 
     def _cached_train_rows(self, examples: list[Example], tokenizer) -> tuple[list[dict], dict]:
-        """``_train_rows`` through a cache (``cache_dir/instruct_tokenized``) keyed by the examples' text, the
+        """``train_rows`` through a cache (``cache_dir/instruct_tokenized``) keyed by the examples' text, the
         template, ``max_length`` and the tokenizer's definition: a sweep tokenises MetaMathQA once, not per run."""
         if self.cache_dir is None:
             return self.train_rows(examples, tokenizer)
