@@ -46,6 +46,11 @@ def load(paths: list[Path]) -> pd.DataFrame:
         raise SystemExit(f"no results in {', '.join(map(str, paths))}")
     frame = pd.DataFrame(records)
     frame["setting"] = [label(r) for r in records]
+    repeated = frame[frame.duplicated(["method", "setting", "seed"], keep=False)]
+    if len(repeated):  # e.g. two files holding the same run: which one is meant is not ours to guess
+        cases = sorted({f"{m} / {s} / seed {seed}" for m, s, seed in repeated[["method", "setting", "seed"]].values})
+        raise SystemExit(f"the same method, setting and seed appear more than once in {', '.join(map(str, paths))}: "
+                         f"{'; '.join(cases)}. Keep one line each.")
     return frame
 
 

@@ -72,6 +72,15 @@ def test_table_compares_each_setting_with_its_methods_run_py_row(tmp_path):
     assert "| 89.0 |" in changed  # the first-rows column
 
 
+def test_the_table_refuses_one_run_given_twice(tmp_path):
+    import plain_loop_table
+
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(_record("c3a", "plain", seed, 80.0)) + "\n" for seed in (0, 1, 0)))
+    with pytest.raises(SystemExit, match="c3a / plain loop / seed 0. Keep one line each"):
+        plain_loop_table.load([path])
+
+
 def test_a_rerun_skips_the_seeds_its_results_file_holds(tmp_path, capsys):
     import plain_loop
 
