@@ -37,6 +37,9 @@ MERGE_MIN_TOKENS = 64
 MAX_CHUNKS = 4
 MIN_CHUNK_ELEMENTS = 1 << 19
 PATHS = ("merged", "fft")
+# merged_weight goes through NumPy from this size on; below it NumPy's fixed cost outweighs the saved pass (paired
+# fwd+bwd at 512 tokens, 2 threads, NumPy / torch: k 192x576 1.06, q 576x576 0.99, up and down 576x1536 0.93)
+NUMPY_BUILD_ELEMENTS = 1 << 18
 # merged_weight splits a W_eff of at least this many elements over torch's threads (2 threads, this CPU: 4096x4096
 # 37 -> 29 ms, 11008x4096 96 -> 63 ms; below ~1M elements the threads cost more than they gain)
 PARALLEL_BUILD_ELEMENTS = 1 << 22
@@ -61,8 +64,9 @@ def merged_weight(weight: torch.Tensor, kernel: torch.Tensor, scale: float) -> t
     """
     plain = type(weight) in (torch.Tensor, nn.Parameter) and type(kernel) in (torch.Tensor, nn.Parameter)
     if (not plain or torch.compiler.is_compiling() or weight.device.type != "cpu"
+            or weight.numel() < NUMPY_BUILD_ELEMENTS
             or weight.dtype not in (torch.float32, torch.float64) or kernel.dtype != weight.dtype):
-        # torch: GPUs, half precision, tensor subclasses and traced graphs (NumPy sees none of them)
+        # torch: GPUs, half precision, tensor subclasses and traced graphs (NumPy sees none of them), small weights
         return torch.add(weight.detach(), block_circulant_matrix(kernel.detach()), alpha=scale)
     b_out, b_in, p = kernel.shape
     small = kernel.detach().resolve_neg().numpy()

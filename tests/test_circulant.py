@@ -49,15 +49,23 @@ def test_matrix_matches_peft():
     torch.testing.assert_close(block_circulant_matrix(kernel), get_circulant_fast(kernel), rtol=0, atol=1e-12)
 
 
+@pytest.mark.parametrize("numpy_from", [0, 1 << 40], ids=["numpy-build", "torch-build"])
 @pytest.mark.parametrize("dtype", [torch.float32, f64, torch.bfloat16])
 @pytest.mark.parametrize("d_in,d_out,p", [(24, 72, 8), (72, 24, 8), (16, 16, 16)])
-def test_merged_weight_equals_dense(d_in, d_out, p, dtype):
-    """The one-pass NumPy build (CPU float32/64; torch otherwise) is W0 + scale·C, also from a strided W0 and a
-    W0 / kernel that require grad; it is a fresh tensor outside autograd and leaves its inputs untouched."""
+def test_merged_weight_equals_dense(d_in, d_out, p, dtype, numpy_from, monkeypatch):
+    """Both builds of W0 + scale·C (one NumPy pass on CPU float32/64 from NUMPY_BUILD_ELEMENTS on; torch's flip +
+    add otherwise) match the dense matrix, also from a strided W0 and a W0 / kernel that require grad; the result
+    is a fresh tensor outside autograd, and the inputs are left untouched."""
+    from c3a import circulant
+
+    monkeypatch.setattr(circulant, "NUMPY_BUILD_ELEMENTS", numpy_from)
+    used, add = [], circulant._add_by_block_rows
+    monkeypatch.setattr(circulant, "_add_by_block_rows", lambda *args: used.append(args[-1]) or add(*args))
     kernel = _kernel(d_in, d_out, p).to(dtype).requires_grad_()
     weight = _x((d_in, d_out)).to(dtype).T.requires_grad_()  # a transposed (non-contiguous) W0
     before = weight.detach().clone(), kernel.detach().clone()
     merged = merged_weight(weight, kernel, -0.75)
+    assert bool(used) == (numpy_from == 0 and dtype != torch.bfloat16)  # NumPy has no bfloat16
     expected = weight.detach().double() - 0.75 * block_circulant_matrix(kernel.detach().double())
     tolerance = {torch.float32: 1e-6, f64: 1e-14, torch.bfloat16: 2e-2}[dtype]
     assert merged.dtype == dtype and merged.shape == (d_out, d_in) and not merged.requires_grad
@@ -71,6 +79,7 @@ def test_merged_weight_split_over_threads_is_the_same(monkeypatch):
     from c3a import circulant
 
     kernel, weight = _kernel(16, 72, 8, dtype=torch.float32), _x((72, 16)).float()
+    monkeypatch.setattr(circulant, "NUMPY_BUILD_ELEMENTS", 0)
     single = merged_weight(weight, kernel, 0.3)
     monkeypatch.setattr(circulant, "PARALLEL_BUILD_ELEMENTS", 0)
     monkeypatch.setattr(torch, "get_num_threads", lambda: 4)
