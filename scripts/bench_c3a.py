@@ -23,12 +23,12 @@ Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is bette
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
 Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
 k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
-q,k,v,up,down, in float32 and under bfloat16 autocast: `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time`
-(wall) and `..._step_cpu_time` (CPU seconds), medians of the per-pair ratios with a SPREAD line each. Before
-them, each adapted projection alone (fwd+bwd, frozen / LoRA / ours, in float32 and bfloat16 autocast):
-`RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's q,k,v,up,down summed) and `..._overhead_time`
-(what each adds to the frozen Linear). The Llama
-part runs first, before the malloc setting of the memory measurement, which no training run has: with every
+q,k,v,up,down, in float32 and (by default on CUDA only) under bfloat16 autocast:
+`RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time` (wall) and `..._step_cpu_time` (CPU seconds), medians of
+the per-pair ratios with a SPREAD line each. Before them, each adapted projection alone (fwd+bwd, frozen / LoRA /
+ours, in float32 and bfloat16 autocast): `RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's
+q,k,v,up,down summed) and `..._overhead_time` (what each adds to the frozen Linear). The Llama part runs first,
+before the malloc setting of the memory measurement, which no training run has: with every
 allocation of 64 KiB or more mapped afresh, each of C3A's W_eff builds page-faults (issue 15: all projections,
 float32, 1.06 with it against 0.99 without, same code). The RoBERTa part times and measures memory in the same
 steps, so its times carry that setting (which penalises C3A's transient W_eff: conservative for C3A).
