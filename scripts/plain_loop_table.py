@@ -62,12 +62,11 @@ def table(frame: pd.DataFrame) -> str:
              "| Δ 95% CI (all seeds) | P(X > ref) | first 200 rows, mean | train s (median) |",
              "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for method, rows in frame.groupby("method", sort=True):
-        by_setting = {name: group.set_index("seed")["test_accuracy"].sort_index()
-                      for name, group in rows.groupby("setting")}
+        groups = {name: group.sort_values("seed") for name, group in rows.groupby("setting")}
+        by_setting = {name: group.set_index("seed")["test_accuracy"] for name, group in groups.items()}
         order = sorted(by_setting, key=lambda s: (s != "run.py", s != "plain loop", s))
         for setting in order:
-            runs = rows[rows["setting"] == setting].sort_values("seed")
-            scores = by_setting[setting]
+            runs, scores = groups[setting], by_setting[setting]
             per_seed = ", ".join(f"{v:.1f} (s{seed})" for seed, v in scores.items())
             spread = f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f}" if len(scores) > 1 else f"{scores.iloc[0]:.1f}"
             reference = None if setting == "run.py" else "run.py" if setting == "plain loop" else "plain loop"

@@ -45,8 +45,8 @@ def test_subsets_are_the_tasks_seeded_rows_and_the_files_first_rows():
 
 def _record(method, side, seed, accuracy, **changes):
     base = {"method": method, "side": side, "seed": seed, "clip": None, "answer": "sentence", "eos": True,
-            "padding": "right", "overrides": [], "train_subset": "seeded", "train_rows": 512, "test_rows": 200, "batch_size": 8,
-            "test_accuracy": accuracy, "train_s": 100.0}
+            "padding": "right", "overrides": [], "train_subset": "seeded", "train_rows": 512, "test_rows": 200,
+            "batch_size": 8, "test_accuracy": accuracy, "train_s": 100.0}
     if side == "plain":
         base["test_accuracy_first_rows"] = accuracy - 1
     return {**base, **changes}

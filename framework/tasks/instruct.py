@@ -217,9 +217,13 @@ class InstructTask(Task):
     def test_positions(self) -> dict[str, list[int]]:
         """Each test set's rows that are scored, as positions in its file: a seeded draw of max_eval_samples."""
         self.check_data()
-        eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)[2]
+        eval_seq = self._seed_streams()[2]
         return {n: _subset_positions(len(self._examples[f"test/{n}"]), self.max_eval_samples, eval_seq)
                 for n in self.test_sources}
+
+    def _seed_streams(self) -> list[np.random.SeedSequence]:
+        """The three streams from split_seed: train/val split, training subset, evaluation subsets."""
+        return np.random.SeedSequence(self.split_seed).spawn(3)
 
     @staticmethod
     def _subset(rows: list, count: Optional[int], stream: np.random.SeedSequence) -> list:
@@ -248,7 +252,7 @@ class InstructTask(Task):
             self._info.update(sizes={"train": 0, "val": 0, "test": len(test)})
             return {"train": ListDataset([]), "val": ListDataset([]), "test": test}
         pool = self._examples["train"]
-        split_seq, train_seq, eval_seq = np.random.SeedSequence(self.split_seed).spawn(3)
+        split_seq, train_seq, eval_seq = self._seed_streams()
         n_val = round(self.val_size * len(pool)) if isinstance(self.val_size, float) else int(self.val_size)
         if not 1 <= n_val < len(pool):
             raise ValueError(f"task.val_size={self.val_size!r} gives {n_val} validation rows from {len(pool)} "
