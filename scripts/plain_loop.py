@@ -7,7 +7,8 @@ evaluation (left-padded greedy generation, first-keyword rule) on the same test 
 plain PyTorch/transformers, with `c3a.add_c3a` or PEFT's LoRA; flags change one setting at a time:
 
   --clip 1.0          clip the global gradient norm at 1.0 (run.py's default; the plain loop's default: none)
-  --answer word       train on the answer word alone + EOS (run.py writes "the correct answer is <word>")
+  --answer word       train on the answer word alone + EOS (the task's task.train.answer=word, both sides;
+                      default: "the correct answer is <word>")
   --no-eos            no EOS in the labels
   --padding left      left-pad the training batches (run.py and the plain loop's default: right)
   --train-subset first  train on the training file's first N rows (run.py: a seeded N of the rows left after
@@ -58,22 +59,16 @@ def overrides(args, seed: int, work: Path) -> list[str]:
             "trainer.save_best=false", "trainer.checkpoint_every_epoch=false", "trainer.progress_bar=false",
             "tracker=none", f"seed={seed}", f"paths.root_dir={work}", "force=true",
             f"paths.cache_dir={args.cache_dir}", *method, f"learning_rates.default.adapter={lr}",
-            f"method.target_modules=[{','.join(args.targets)}]", *args.overrides]
+            f"method.target_modules=[{','.join(args.targets)}]", f"task.train.answer={args.answer}", *args.overrides]
 
 
-def rewrite_answers(rows: list[dict], tokenizer, answer: str, eos: bool) -> list[dict]:
-    """The task's rows with another answer format: the label part (after the prompt) re-tokenised."""
+def without_eos(rows: list[dict], eos_id: int) -> list[dict]:
+    """The task's rows with the EOS that ends each label dropped (rows cut at max_length have none to drop)."""
     out = []
     for row in rows:
-        ids, labels = torch.as_tensor(row["input_ids"]), torch.as_tensor(row["labels"])
-        prompt = ids[labels == -100]
-        text = tokenizer.decode(ids[labels != -100], skip_special_tokens=True).strip()
-        target = tokenizer(text.split()[-1] if answer == "word" else text, add_special_tokens=False)["input_ids"]
-        target = target + ([tokenizer.eos_token_id] if eos else [])
-        new_ids = torch.cat([prompt, torch.tensor(target, dtype=prompt.dtype)])
-        new_labels = new_ids.clone()
-        new_labels[:len(prompt)] = -100
-        out.append({"input_ids": new_ids.numpy(), "labels": new_labels.numpy()})
+        ends_in_eos = len(row["input_ids"]) and row["input_ids"][-1] == eos_id and row["labels"][-1] == eos_id
+        keep = len(row["input_ids"]) - 1 if ends_in_eos else len(row["input_ids"])
+        out.append({"input_ids": row["input_ids"][:keep], "labels": row["labels"][:keep]})
     return out
 
 
@@ -103,8 +98,8 @@ def plain_run(cfg, args, seed: int) -> dict:
     train = list(splits["train"].rows)
     if args.train_subset == "first":
         train, _ = task.train_rows(task.examples("train")[:args.train_rows], tokenizer)
-    if args.answer != "sentence" or args.no_eos:
-        train = rewrite_answers(train, tokenizer, args.answer, not args.no_eos)
+    if args.no_eos:
+        train = without_eos(train, tokenizer.eos_token_id)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(folder, torch_dtype=torch.float32)
     model.requires_grad_(False)
@@ -195,6 +190,11 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, default=None, help="JSONL file: append results, skip seeds it holds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (both sides read the task from them)")
     args = parser.parse_args(argv)
+    plain_only = {"--clip": args.clip is not None, "--no-eos": args.no_eos, "--padding": args.padding != "right",
+                  "--train-subset": args.train_subset != "seeded"}
+    if args.side == "runpy" and any(plain_only.values()):
+        parser.error(f"{', '.join(k for k, v in plain_only.items() if v)}: plain side only; run.py takes its "
+                     "settings as Hydra overrides (e.g. trainer.max_grad_norm=null)")
     import logging
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

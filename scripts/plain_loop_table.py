@@ -55,21 +55,24 @@ def load(paths: list[Path]) -> pd.DataFrame:
 
 
 def table(frame: pd.DataFrame) -> str:
-    """Each setting against its reference: the plain loop against run.py, every changed setting against the
-    plain loop (one setting at a time). Δ is paired by seed (the seeds both rows have); the CI and P(X > ref)
-    compare all seeds of both rows (framework.stats: 3 seeds or more on each side)."""
+    """Each setting against its reference: the plain loop and every changed run.py setting against run.py,
+    every changed plain-loop setting against the plain loop (one setting at a time). Δ is paired by seed (the
+    seeds both rows have); the CI and P(X > ref) compare all seeds of both rows (framework.stats: 3 seeds or
+    more on each side)."""
     lines = ["| method | setting | seeds | test acc per seed (seeded 200) | mean ± sd | reference | Δ, same seeds "
              "| Δ 95% CI (all seeds) | P(X > ref) | first 200 rows, mean | train s (median) |",
              "|---|---|---:|---|---:|---|---:|---:|---:|---:|---:|"]
     for method, rows in frame.groupby("method", sort=True):
         groups = {name: group.sort_values("seed") for name, group in rows.groupby("setting")}
         by_setting = {name: group.set_index("seed")["test_accuracy"] for name, group in groups.items()}
-        order = sorted(by_setting, key=lambda s: (s != "run.py", s != "plain loop", s))
+        order = sorted(by_setting, key=lambda s: (s != "run.py", not s.startswith("run.py"), s != "plain loop", s))
         for setting in order:
             runs, scores = groups[setting], by_setting[setting]
             per_seed = ", ".join(f"{v:.1f} (s{seed})" for seed, v in scores.items())
             spread = f"{scores.mean():.1f} ± {scores.std(ddof=1):.1f}" if len(scores) > 1 else f"{scores.iloc[0]:.1f}"
-            reference = None if setting == "run.py" else "run.py" if setting == "plain loop" else "plain loop"
+            # the plain loop and changed run.py settings against run.py, changed plain settings against the plain loop
+            reference = (None if setting == "run.py" else "plain loop" if setting.startswith("plain loop:")
+                         else "run.py")
             delta = interval = probability = "—"
             if reference in by_setting:
                 ref = by_setting[reference]

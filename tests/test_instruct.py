@@ -300,6 +300,32 @@ def test_glue_as_instructions(name, folder, keywords):
     assert {e.reference for e in task.examples("train")} == set(keywords)  # both labels occur
 
 
+def test_glue_instructions_train_on_the_word_alone_when_asked():
+    def task(answer):
+        return InstructTask("sst2-instruct", train={"format": "sst2-instruct", "path": "train.tsv", "answer": answer},
+                            test={"sst2": {"format": "sst2-instruct", "path": "dev.tsv"}},
+                            data_dir=str(TEST_GLUE / "SST-2"), val_size=4)
+
+    sentence, word = task("sentence").examples("train"), task("word").examples("train")
+    assert [e.target for e in word] == [e.reference for e in word]
+    assert [e.target for e in sentence] == [f"the correct answer is {e.reference}" for e in word]
+    # only the target changes: same instructions, references and keywords, so the same rows are scored
+    assert [(e.instruction, e.reference, e.keywords) for e in word] == [
+        (e.instruction, e.reference, e.keywords) for e in sentence]
+
+
+@pytest.mark.parametrize("source,message", [
+    ({"format": "sst2-instruct", "path": "train.tsv", "answer": "letter"},
+     r"task.train.answer='letter' is not one of \['sentence', 'word'\]"),
+    ({"format": "gsm8k", "path": "train.tsv", "answer": "word"},
+     r"task.train.answer: only the GLUE-made formats \['rte-instruct', 'sst2-instruct'\] write their own target"),
+])
+def test_a_bad_answer_format_is_refused_when_the_task_is_built(source, message):
+    with pytest.raises(ValueError, match=message):
+        InstructTask("sst2-instruct", train=source, test={"sst2": {"format": "sst2-instruct", "path": "dev.tsv"}},
+                     data_dir=str(TEST_GLUE / "SST-2"), val_size=4)
+
+
 # --------------------------------------------------------------------------------- full runs
 def instruct_overrides(method: str) -> list[str]:
     return [f"method={method}", "model=tiny-llama", "task=sst2-instruct", f"task.data_dir={TEST_GLUE / 'SST-2'}",

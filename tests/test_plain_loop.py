@@ -91,3 +91,36 @@ def test_a_rerun_skips_the_seeds_its_results_file_holds(tmp_path, capsys):
                             "--data-dir", str(tmp_path / "absent")]) == 0
     assert "skipped" in capsys.readouterr().out
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_plain_only_settings_are_refused_on_the_run_py_side(tmp_path, capsys):
+    import plain_loop
+
+    with pytest.raises(SystemExit):
+        plain_loop.main(["--method", "c3a", "--side", "runpy", "--no-eos", "--padding", "left",
+                         "--data-dir", str(tmp_path / "absent")])
+    assert "--no-eos, --padding: plain side only" in capsys.readouterr().err
+
+
+def test_without_eos_drops_only_a_final_eos():
+    import numpy as np
+
+    import plain_loop
+
+    ended = {"input_ids": np.array([5, 6, 7, 2]), "labels": np.array([-100, -100, 7, 2])}
+    cut = {"input_ids": np.array([5, 6, 7]), "labels": np.array([-100, -100, 7])}  # cut at max_length: no EOS
+    rows = plain_loop.without_eos([ended, cut], eos_id=2)
+    assert rows[0]["input_ids"].tolist() == [5, 6, 7] and rows[0]["labels"].tolist() == [-100, -100, 7]
+    assert rows[1]["input_ids"].tolist() == [5, 6, 7]
+
+
+def test_a_changed_run_py_setting_is_compared_with_run_py(tmp_path):
+    import plain_loop_table
+
+    records = [_record("lora", side, s, 60.0 + s) for side in ("runpy", "plain") for s in range(3)]
+    records += [_record("lora", "runpy", s, 70.0 + s, answer="word") for s in range(3)]
+    path = tmp_path / "runs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = plain_loop_table.table(plain_loop_table.load([path])).splitlines()[2:]
+    assert [line.split("|")[2].strip() for line in lines] == ["run.py", "run.py: answer word", "plain loop"]
+    assert "| run.py | +10.00 (seeds 0, 1, 2) |" in lines[1]

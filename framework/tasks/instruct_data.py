@@ -20,7 +20,9 @@ Formats (row keys):
 - ``mbpp``: task_id, text (or prompt), code, test_list (MBPP; scored by running its asserts). A row
   that also has ``test`` (EvalPlus's MBPP+ layout: the full test suite) adds the ``<set>_plus`` verdict.
 - ``sst2-instruct`` / ``rte-instruct``: original GLUE TSV files written as commonsense-style
-  instructions (answer keywords positive/negative, true/false), for CPU-sized checks.
+  instructions (answer keywords positive/negative, true/false), for CPU-sized checks. The entry's ``answer``
+  says what is trained on: ``sentence`` (default) "the correct answer is <word>", as the paper's commonsense
+  targets; ``word``, the answer word alone (issue 15: LoRA r=8 on SmolLM2 learns SST-2 better from it).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ from framework.tasks import answers
 from framework.tasks.rows import at_line, check_items, check_row, read_text
 
 SCORERS = ("gsm8k", "math", "keyword", "humaneval", "mbpp", "none")
+ANSWER_FORMATS = ("sentence", "word")  # the target of a GLUE-made instruction row (a source's ``answer``)
 
 
 @dataclass(frozen=True)
@@ -223,11 +226,12 @@ def _mbpp(row: dict, where: str) -> Example:
                     "plus_test": [row["test"]] if row.get("test") else None}, "mbpp")  # MBPP+: the full suite
 
 
-def _keyword_example(instruction: str, answer: str, keywords: tuple[str, ...]) -> Example:
-    return Example(instruction, f"the correct answer is {answer}", answer, "keyword", keywords=keywords)
+def _keyword_example(instruction: str, answer: str, keywords: tuple[str, ...], answer_format: str) -> Example:
+    target = answer if answer_format == "word" else f"the correct answer is {answer}"
+    return Example(instruction, target, answer, "keyword", keywords=keywords)
 
 
-def _glue_rows(path: Path, task: str) -> list[Example]:
+def _glue_rows(path: Path, task: str, answer_format: str) -> list[Example]:
     from framework.tasks.glue_data import GLUE_TASKS, read_glue_tsv
 
     raw = read_glue_tsv(path, GLUE_TASKS[task])
@@ -237,13 +241,13 @@ def _glue_rows(path: Path, task: str) -> list[Example]:
             out.append(_keyword_example(
                 "Please decide whether the sentiment of the following sentence is positive or negative.\n"
                 f"Sentence: {sentence.strip()}\nAnswer format: positive/negative",
-                "positive" if label == 1 else "negative", ("positive", "negative")))
+                "positive" if label == 1 else "negative", ("positive", "negative"), answer_format))
     else:  # rte: label 0 = entailment
         for premise, hypothesis, label in zip(raw.texts[0], raw.texts[1], raw.labels):
             out.append(_keyword_example(
                 "Please answer the following question with true or false: does the premise entail the "
                 f"hypothesis?\nPremise: {premise.strip()}\nHypothesis: {hypothesis.strip()}\n"
-                "Answer format: true/false", "true" if label == 0 else "false", ("true", "false")))
+                "Answer format: true/false", "true" if label == 0 else "false", ("true", "false"), answer_format))
     return out
 
 
@@ -283,6 +287,13 @@ def check_source(source: dict, where: str, base_dir: Optional[str] = None) -> No
     _check_location(source, where, base_dir)
     if FORMATS[fmt].glue_task is not None and source.get("hub") is not None:
         raise ValueError(f"{where}: format {fmt!r} reads GLUE TSV files; give path, not hub")
+    if source.get("answer") is not None:
+        glue_made = sorted(name for name, spec in FORMATS.items() if spec.glue_task is not None)
+        if FORMATS[fmt].glue_task is None:
+            raise ValueError(f"{where}.answer: only the GLUE-made formats {glue_made} write their own target; "
+                             f"format {fmt!r} trains on its data's target (remove answer)")
+        if source["answer"] not in ANSWER_FORMATS:
+            raise ValueError(f"{where}.answer={source['answer']!r} is not one of {list(ANSWER_FORMATS)}")
     if source.get("plus") is not None:
         if fmt != "humaneval":
             raise ValueError(f"{where}.plus: only a humaneval source takes a plus source (MBPP+ rows carry their "
@@ -332,7 +343,7 @@ def read_source(source: dict, where: str, base_dir: Optional[str] = None) -> lis
     check_source(source, where, base_dir)
     spec = FORMATS[source["format"]]
     if spec.glue_task is not None:
-        return _glue_rows(source_path(source, base_dir), spec.glue_task)
+        return _glue_rows(source_path(source, base_dir), spec.glue_task, source.get("answer") or "sentence")
     rows, _ = _raw_rows(source, base_dir)
     examples = [spec.row(row, where) for where, row in rows]
     if source.get("plus") is not None:
