@@ -50,8 +50,8 @@ def block_circulant_matrix(kernel: torch.Tensor) -> torch.Tensor:
     b_out, b_in, p = kernel.shape
     doubled = torch.cat([kernel, kernel], dim=-1)  # (b_out, b_in, 2p)
     # hankel[i, j, r', c] = doubled[i, j, 1 + r' + c] = w[(c - (p-1-r')) mod p]: C's rows in reverse order.
-    s_out, s_in, s_t = doubled.stride()
-    hankel = doubled.as_strided((b_out, p, b_in, p), (s_out, s_t, s_in, s_t), doubled.storage_offset() + s_t)
+    s_out, s_in, s_t = doubled.stride()  # fresh from cat: storage offset 0 (torch.compile traces no storage_offset())
+    hankel = doubled.as_strided((b_out, p, b_in, p), (s_out, s_t, s_in, s_t), s_t)
     return hankel.flip(1).reshape(b_out * p, b_in * p)
 
 

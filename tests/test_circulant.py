@@ -271,3 +271,27 @@ def test_bad_inputs_raise():
         c3a_linear(_x((3, 16)), _x((16, 16)), None, kernel, 1.0, path="dense")
     with pytest.raises(ValueError, match="merged path needs one dtype"):
         c3a_linear(_x((3, 16)).float(), _x((16, 16)).float(), None, kernel, 1.0, path="merged")
+
+
+@pytest.mark.parametrize("path", ["merged", "fft"])
+def test_both_paths_under_torch_compile(path, monkeypatch):
+    """Traced whole by torch.compile (fullgraph; aot_eager needs no C++ toolchain), both paths give eager's output
+    and gradients; the merged one builds W_eff with torch there, not NumPy (which sees no fake tensors)."""
+    from c3a import circulant
+
+    monkeypatch.setattr(circulant, "NUMPY_BUILD_ELEMENTS", 0)  # eager: the NumPy build even at this size
+    torch._dynamo.reset()
+    kernel = _kernel(24, 72, 8, dtype=torch.float32)
+    weight = _x((72, 24), seed=2).float()
+    x = _x((3, 5, 24)).float()
+    grad_out = _x((3, 5, 72), seed=7).float()
+    results = []
+    for run in (lambda *a: c3a_linear(*a, path=path),
+                torch.compile(lambda *a: c3a_linear(*a, path=path), backend="aot_eager", fullgraph=True)):
+        k, xi = kernel.clone().requires_grad_(), x.clone().requires_grad_()
+        out = run(xi, weight, None, k, 0.5)
+        out.backward(grad_out)
+        results.append((out.detach(), xi.grad, k.grad))
+    for eager, compiled in zip(*results):
+        torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
