@@ -237,33 +237,30 @@ class _CirculantAdd(torch.autograd.Function):
 
 
 class _MergedLinear(torch.autograd.Function):
-    """F.linear(x, W0 + scale·C(kernel), bias): one matmul. W_eff is rebuilt in backward (``keep``: kept from
-    forward instead, one build a step for d_out·d_in more memory held until backward)."""
+    """F.linear(x, W0 + scale·C(kernel), bias): one matmul; W_eff is rebuilt in backward instead of saved."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kernel, scale, keep):
-        merged = merged_weight(weight, kernel, scale)
-        out = F.linear(x, merged, bias)
+    def forward(ctx, x, weight, bias, kernel, scale):
+        out = F.linear(x, merged_weight(weight, kernel, scale), bias)
         ctx.scale = scale
         need_x_saved = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
-        kept = merged if keep and ctx.needs_input_grad[0] else None
-        ctx.save_for_backward(x if need_x_saved else None, weight, kernel, kept)
+        ctx.save_for_backward(x if need_x_saved else None, weight, kernel)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, kernel, kept = ctx.saved_tensors
+        x, weight, kernel = ctx.saved_tensors
         b_out, b_in, p = kernel.shape
         grad_x = grad_weight = grad_bias = grad_kernel = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ (kept if kept is not None else merged_weight(weight, kernel, ctx.scale))
+            grad_x = grad_out @ merged_weight(weight, kernel, ctx.scale)
         if ctx.needs_input_grad[1]:
             grad_weight = grad_out.reshape(-1, b_out * p).T @ x.reshape(-1, b_in * p)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, b_out * p).sum(0)
         if ctx.needs_input_grad[3]:
             grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) * ctx.scale).to(kernel.dtype)
-        return grad_x, grad_weight, grad_bias, grad_kernel, None, None
+        return grad_x, grad_weight, grad_bias, grad_kernel, None
 
 
 def _check_shapes(x: torch.Tensor, kernel: torch.Tensor) -> None:
@@ -296,8 +293,7 @@ def choose_path(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> 
     return "merged" if same_dtype and not autocast and enough else "fft"
 
 
-def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None,
-               keep_merged_weight: bool = False) -> torch.Tensor:
+def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) + scale·C(kernel)·x in x's (the base layer's) dtype.
 
     The adapter math runs in float32 (float64 for float64 inputs). `path` forces "merged" or "fft" (tests,
@@ -313,6 +309,6 @@ def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None
         if not (x.dtype == weight.dtype == kernel.dtype):
             raise ValueError(f"merged path needs one dtype, got x {x.dtype}, weight {weight.dtype}, "
                              f"kernel {kernel.dtype}")
-        return _MergedLinear.apply(x, weight, bias, kernel, scale, keep_merged_weight)
+        return _MergedLinear.apply(x, weight, bias, kernel, scale)
     base = F.linear(x, weight, bias)
     return _CirculantAdd.apply(base, x, kernel, scale, base.dtype)

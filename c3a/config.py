@@ -27,10 +27,6 @@ class C3AConfig:
 
     ``scale_by_d_in`` divides the adapter output by the layer's input size, as PEFT's C3A does; the
     paper's large learning rates (0.05–7) assume this factor, so keep it on to reuse them.
-    ``keep_merged_weight`` trades memory for time on the merged path (float32/64 with many tokens): W0 + scale·C
-    built in forward is kept for backward instead of built again, one build a step instead of two, holding
-    d_out·d_in more per adapted layer until backward. It pays where the build is a visible share of the step
-    (a CPU, few tokens per layer); results are the same either way.
     """
 
     target_modules: Union[list[str], str]
@@ -39,7 +35,6 @@ class C3AConfig:
     block_size_pattern: dict[str, int] = field(default_factory=dict)
     init_weights: str = "xavier_uniform"
     scale_by_d_in: bool = True
-    keep_merged_weight: bool = False
 
     def __post_init__(self) -> None:
         if (self.b is None) == (self.block_size is None):
@@ -62,9 +57,8 @@ class C3AConfig:
                 raise ValueError(f"C3A: block_size_pattern key {key!r} is not a valid regex: {err}") from None
         if self.init_weights not in INIT_CHOICES:
             raise ValueError(f"C3A: init_weights={self.init_weights!r} is not one of {list(INIT_CHOICES)}")
-        for flag in ("scale_by_d_in", "keep_merged_weight"):
-            if not isinstance(getattr(self, flag), bool):
-                raise ValueError(f"C3A: {flag}={getattr(self, flag)!r} must be true or false")
+        if not isinstance(self.scale_by_d_in, bool):
+            raise ValueError(f"C3A: scale_by_d_in={self.scale_by_d_in!r} must be true or false")
 
     # -- per-layer resolution -------------------------------------------------------------------
     def pattern_block_size(self, module_name: str) -> int | None:

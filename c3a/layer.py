@@ -134,8 +134,7 @@ class C3ALinear(nn.Module):
             return self.base_layer(x)
         if len(pending) == 1:
             name = pending[0]
-            return c3a_linear(x, weight, bias, self.c3a_kernel[name], self.scale[name],
-                              keep_merged_weight=self.configs[name].keep_merged_weight)
+            return c3a_linear(x, weight, bias, self.c3a_kernel[name], self.scale[name])
         x32 = x.to(torch.float32)
         delta = sum(block_circulant_matmul(x32, self.c3a_kernel[a]) * self.scale[a] for a in pending)
         out = F.linear(x, weight, bias)

@@ -16,13 +16,12 @@ from framework.models import Head
 class C3AMethod(Method):
     def __init__(self, name: str = "c3a", b: int | None = None, block_size: int | None = None,
                  target_modules=None, block_size_pattern=None, init_weights: str = "xavier_uniform",
-                 scale_by_d_in: bool = True, keep_merged_weight: bool = False, adapter_name: str = "default") -> None:
+                 scale_by_d_in: bool = True, adapter_name: str = "default") -> None:
         super().__init__(name)
         self.adapter_name = adapter_name
         self.config = C3AConfig(target_modules=target_modules, b=b, block_size=block_size,
                                 block_size_pattern=dict(block_size_pattern or {}),
-                                init_weights=init_weights, scale_by_d_in=scale_by_d_in,
-                                keep_merged_weight=keep_merged_weight)
+                                init_weights=init_weights, scale_by_d_in=scale_by_d_in)
 
     def check_model(self, model: nn.Module, head: Head) -> None:
         plan_c3a(model, self.config, self.adapter_name, exclude_modules=head.modules)
@@ -40,5 +39,4 @@ class C3AMethod(Method):
         targets = cfg.target_modules if isinstance(cfg.target_modules, str) else list(cfg.target_modules)
         return {"name": self.name, "label": cfg.label(), "b": cfg.b, "block_size": cfg.block_size,
                 "target_modules": targets, "block_size_pattern": dict(cfg.block_size_pattern),
-                "init_weights": cfg.init_weights, "scale_by_d_in": cfg.scale_by_d_in,
-                "keep_merged_weight": cfg.keep_merged_weight}
+                "init_weights": cfg.init_weights, "scale_by_d_in": cfg.scale_by_d_in}

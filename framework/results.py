@@ -29,7 +29,7 @@ SCHEMA_VERSION = 2
 
 #: config keys that do not change what a run computes, left out of the run's identity
 NON_IDENTITY_KEYS = ("seed", "paths", "tracker", "force", "wait_for_lock", "hydra", "print_config", "expected_seeds",
-                     "task.cache_dir", "method.keep_merged_weight",
+                     "task.cache_dir",
                      "trainer.progress_bar", "trainer.num_workers", "trainer.checkpoint_every_epoch",
                      "trainer.save_best", "trainer.test_every_epoch")
 

@@ -21,12 +21,11 @@ torch.cuda.max_memory_allocated above the start of the step.
 
 Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is better), and a
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
-Llama path (issue 15): training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
-k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down) and ours with
-keep_merged_weight, in rotating order, on q/v and on q,k,v,up,down, in float32 and (by default on CUDA only)
-under bfloat16 autocast: `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time` (wall) and `..._step_cpu_time`
-(CPU seconds), `RATIO llama_<targets>_<dtype>_c3a_keep_vs_lora_step_time` likewise, medians of the per-round
-ratios with a SPREAD line each. Before them, each adapted projection alone (fwd+bwd, frozen / LoRA /
+Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
+k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
+q,k,v,up,down, in float32 and (by default on CUDA only) under bfloat16 autocast:
+`RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time` (wall) and `..._step_cpu_time` (CPU seconds), medians of
+the per-pair ratios with a SPREAD line each. Before them, each adapted projection alone (fwd+bwd, frozen / LoRA /
 ours, in float32 and bfloat16 autocast): `RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's
 q,k,v,up,down summed) and `..._overhead_time` (what each adds to the frozen Linear). The Llama part runs first,
 before the malloc setting of the memory measurement, which no training run has: with every
@@ -326,8 +325,7 @@ LLAMA_TARGETS = {"qv": ["q_proj", "v_proj"], "all": ["q_proj", "k_proj", "v_proj
 
 def build_llama(method: str, targets: list[str], num_layers: int, device, vocab_size: int = 49152):
     """SmolLM2-135M's shapes (d=576, 9 heads / 3 KV heads: k/v 576->192, MLP 1536), random weights, frozen;
-    LoRA r=8 (alpha 16, no dropout, PEFT) or ours via c3a.add_c3a (block 64; 192 on up/down); "ours_keep": ours
-    with keep_merged_weight (W_eff kept from forward to backward)."""
+    LoRA r=8 (alpha 16, no dropout, PEFT) or ours via c3a.add_c3a (block 64; 192 on up/down)."""
     import peft
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -341,30 +339,22 @@ def build_llama(method: str, targets: list[str], num_layers: int, device, vocab_
     model.requires_grad_(False)
     if method == "lora":
         return peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, target_modules=targets))
-    return add_c3a(model, C3AConfig(target_modules=targets, block_size=64, keep_merged_weight=method == "ours_keep",
+    return add_c3a(model, C3AConfig(target_modules=targets, block_size=64,
                                     block_size_pattern={"up_proj": 192, "down_proj": 192}))
-
-
-LLAMA_STEP_METHODS = ("lora", "ours", "ours_keep")
-# each method first, middle and last equally often over 6 rounds (one machine-load drift favours none)
-LLAMA_STEP_ORDERS = [(0, 1, 2), (2, 1, 0), (1, 2, 0), (0, 2, 1), (2, 0, 1), (1, 0, 2)]
 
 
 def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, device, sync,
                 vocab_size: int = 49152) -> dict:
-    """Training steps of LoRA, ours and ours keeping W_eff, in rotating order, on one batch of 8 x 64 random
-    tokens (labels = the tokens), float32 or bfloat16 autocast (the kernels and LoRA's weights stay float32).
-    Ratios to LoRA per round: wall time, and CPU time (process_time: on a machine shared with other jobs the
-    steadier measure of work done); "keep_" ones for keep_merged_weight, with the memory it holds."""
+    """Paired training steps (LoRA, ours; then ours, LoRA; ...) on one batch of 8 x 64 random tokens (labels = the
+    tokens), float32 or bfloat16 autocast (the kernels and LoRA's weights stay float32). Ratios per pair: wall
+    time, and CPU time (process_time: on a machine shared with other jobs the steadier measure of work done)."""
     gen = torch.Generator(device=device).manual_seed(3)
     input_ids = torch.randint(0, vocab_size, (8, 64), device=device, generator=gen)
-    steps, kept_bytes = {}, 0
-    for method in LLAMA_STEP_METHODS:
+    steps = {}
+    for method in ("lora", "ours"):
         model = build_llama(method, LLAMA_TARGETS[targets_name], num_layers, device, vocab_size)
         model.train()
         trainable = [p for p in model.parameters() if p.requires_grad]
-        if method == "ours_keep":  # W_eff per adapted layer, d_out x d_in float32, held from forward to backward
-            kept_bytes = sum(4 * p.shape[0] * p.shape[2] * p.shape[1] * p.shape[2] for p in trainable)
         optimizer = torch.optim.AdamW(trainable, lr=1e-4)
 
         def step(model=model, optimizer=optimizer):
@@ -379,27 +369,22 @@ def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, devi
         step()
     wall, cpu = {name: [] for name in steps}, {name: [] for name in steps}
     for pair in range(pairs):
-        for index in LLAMA_STEP_ORDERS[pair % len(LLAMA_STEP_ORDERS)]:
-            name = LLAMA_STEP_METHODS[index]
+        for name in (("lora", "ours") if pair % 2 == 0 else ("ours", "lora")):
             sync()
             begin, cpu_begin = time.perf_counter(), time.process_time()
             steps[name]()
             sync()
             wall[name].append(time.perf_counter() - begin)
             cpu[name].append(time.process_time() - cpu_begin)
-    ratios = {}
-    for prefix, method in (("", "ours"), ("keep_", "ours_keep")):
-        ratios[f"{prefix}wall"] = [o / l for o, l in zip(wall[method], wall["lora"])]
-        ratios[f"{prefix}cpu"] = [o / l for o, l in zip(cpu[method], cpu["lora"])]
+    ratios = {"wall": [o / l for o, l in zip(wall["ours"], wall["lora"])],
+              "cpu": [o / l for o, l in zip(cpu["ours"], cpu["lora"])]}
     print(f"\nLlama (SmolLM2-135M shapes, {num_layers} layers) training step, 8 x 64 tokens, {dtype}, "
-          f"targets {','.join(LLAMA_TARGETS[targets_name])}, {pairs} rounds; ours_keep holds "
-          f"{kept_bytes / 1e6:.1f} MB of W_eff from forward to backward")
+          f"targets {','.join(LLAMA_TARGETS[targets_name])}, {pairs} pairs")
     for name in steps:
-        print(f"  {name:<9} wall ms " + " ".join(f"{s * 1e3:.0f}" for s in wall[name])
+        print(f"  {name:<6} wall ms " + " ".join(f"{s * 1e3:.0f}" for s in wall[name])
               + "   cpu ms " + " ".join(f"{s * 1e3:.0f}" for s in cpu[name]))
     for kind, values in ratios.items():
-        print(f"  {'ours_keep' if kind.startswith('keep_') else 'ours'} / lora per round ({kind.split('_')[-1]}): "
-              + " ".join(f"{r:.3f}" for r in values), flush=True)
+        print(f"  ours / lora per pair ({kind}): " + " ".join(f"{r:.3f}" for r in values), flush=True)
     return ratios
 
 
@@ -413,8 +398,7 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads (default: the CPUs this process may use)")
     parser.add_argument("--parts", default="roberta,llama", help="roberta, llama or both (comma-separated)")
-    parser.add_argument("--llama-pairs", type=int, default=6,
-                        help="timed rounds (LoRA, ours, ours keeping W_eff) per Llama setting")
+    parser.add_argument("--llama-pairs", type=int, default=5, help="timed (LoRA, ours) pairs per Llama setting")
     parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
     parser.add_argument("--llama-rounds", type=int, default=10,
                         help="interleaved rounds of the projections-alone Llama timing (float32 and bfloat16)")
@@ -468,9 +452,7 @@ def main(argv=None) -> None:
                 got = bench_llama(targets_name, dtype, layers_here, pairs, device, sync,
                                   vocab_size=1024 if args.quick else 49152)
                 for kind, values in got.items():
-                    ours = "c3a_keep" if kind.startswith("keep_") else "c3a"
-                    measure = "time" if kind.endswith("wall") else "cpu_time"
-                    name = f"llama_{targets_name}_{dtype}_{ours}_vs_lora_step_{measure}"
+                    name = f"llama_{targets_name}_{dtype}_c3a_vs_lora_step_{'time' if kind == 'wall' else 'cpu_time'}"
                     ratios[name] = statistics.median(values)
                     spreads[name] = values
     if "roberta" not in parts:

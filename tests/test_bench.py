@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-LLAMA = [f"llama_{targets}_fp32_{ours}_vs_lora_step_{kind}" for targets in ("qv", "all") for kind in ("time", "cpu_time")
-         for ours in ("c3a", "c3a_keep")]
+LLAMA = [f"llama_{targets}_fp32_c3a_vs_lora_step_{kind}" for targets in ("qv", "all") for kind in ("time", "cpu_time")]
 LLAMA_LAYERS = ["llama_layers_fp32_c3a_vs_lora_time", "llama_layers_fp32_c3a_vs_lora_overhead_time"]
 REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_peak_memory", "c3a_vs_lora_step_time",
             *LLAMA, *LLAMA_LAYERS]

@@ -35,7 +35,6 @@ def cfg(**kw):
     (dict(b=1, target_modules="("), "regex"),
     (dict(b=1, block_size_pattern={"q": 0}), "block_size_pattern['q']=0"),
     (dict(b=1, scale_by_d_in="yes"), "scale_by_d_in"),
-    (dict(b=1, keep_merged_weight=1), "keep_merged_weight=1 must be true or false"),
 ])
 def test_config_rejects_bad_values(kw, needle):
     kw.setdefault("target_modules", ["q"])
@@ -116,17 +115,6 @@ def test_forward_is_base_plus_scaled_dense_circulant():
     unscaled.set_adapters(["a"])
     w = unscaled.base_layer.weight + block_circulant_matrix(unscaled.c3a_kernel["a"])
     torch.testing.assert_close(unscaled(x), x @ w.T + unscaled.base_layer.bias, atol=1e-5, rtol=1e-5)
-
-
-def test_keep_merged_weight_reaches_the_merged_path():
-    """The adapter's config flag is what the layer's merged path sees: W_eff (d_out x d_in) saved for backward."""
-    x = torch.randn(4, 64, 32, requires_grad=True)  # 256 tokens: enough for the merged path
-    for keep in (False, True):
-        layer = make_layer(32, 48)
-        layer.add_adapter("a", 16, cfg(block_size=16, keep_merged_weight=keep))
-        layer.set_adapters(["a"])
-        saved = [t for t in layer(x).grad_fn.saved_tensors if t is not None]
-        assert any(t.shape == (48, 32) and t.data_ptr() != layer.base_layer.weight.data_ptr() for t in saved) == keep
 
 
 def test_several_active_adapters_add_their_deltas():

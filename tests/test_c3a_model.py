@@ -165,8 +165,7 @@ def test_method_apply_freezes_all_but_kernels_and_head():
     assert adapted.num_adapter_params() == 4 * 64 * 64 // 32
     assert method.describe() == {"name": "c3a", "label": "C3A b=2", "b": 2, "block_size": None,
                                  "target_modules": QV, "block_size_pattern": {},
-                                 "init_weights": "xavier_uniform", "scale_by_d_in": True,
-                                 "keep_merged_weight": False}
+                                 "init_weights": "xavier_uniform", "scale_by_d_in": True}
 
 
 def test_method_validate_raises_before_compute():

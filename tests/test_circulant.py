@@ -295,28 +295,3 @@ def test_both_paths_under_torch_compile(path, monkeypatch):
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
-
-
-@pytest.mark.parametrize("x_needs_grad", [True, False])
-def test_keep_merged_weight_same_numbers_one_build(x_needs_grad, monkeypatch):
-    """keep_merged_weight holds W_eff from forward for backward (built once, not twice) when the input gradient
-    needs it, and changes no number: output, input and kernel gradients equal the rebuilding path's."""
-    from c3a import circulant
-
-    builds, build = [], circulant.merged_weight
-    monkeypatch.setattr(circulant, "merged_weight", lambda *a: builds.append(1) or build(*a))
-    kernel, weight = _kernel(24, 72, 8), _x((72, 24), seed=2)
-    x, grad_out = _x((3, 5, 24)), _x((3, 5, 72), seed=7)
-    results = {}
-    for keep in (False, True):
-        builds.clear()
-        k, xi = kernel.clone().requires_grad_(), x.clone().requires_grad_(x_needs_grad)
-        out = c3a_linear(xi, weight, None, k, 0.5, path="merged", keep_merged_weight=keep)
-        kept = [t for t in out.grad_fn.saved_tensors if t is not None and t.shape == (72, 24)
-                and t.data_ptr() != weight.data_ptr()]
-        out.backward(grad_out)
-        results[keep] = (out.detach(), xi.grad, k.grad)
-        assert len(kept) == (1 if keep and x_needs_grad else 0)
-        assert len(builds) == (1 if keep or not x_needs_grad else 2)
-    for plain, kept in zip(results[False], results[True]):
-        assert (plain is None and kept is None) or torch.equal(plain, kept)
