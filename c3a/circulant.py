@@ -15,11 +15,13 @@ Layout used by both: a chunk of c tokens becomes its blockwise rfft as a contigu
 tokens last. The per-frequency contractions (over blocks, or over tokens for the kernel gradient) are then
 complex batched matmuls over the F = p//2 + 1 frequencies (the conjugate transpose is a view BLAS reads as
 such), and the inverse FFT runs over the frequency dim. Tokens are processed in chunks (few ops for small
-inputs, bounded transient memory for large ones).
+inputs, bounded transient memory for large ones). Adapted layers that read one input (q, k, v) transform it once
+for their kernel gradients (`SharedInput`).
 """
 from __future__ import annotations
 
 import threading
+import weakref
 
 import numpy as np
 import torch
@@ -105,6 +107,69 @@ def _add_by_block_rows(base: np.ndarray, circulant: np.ndarray, target: np.ndarr
         raise errors[0]
 
 
+class SharedInput:
+    """One input as read by the adapted layers of one forward pass (q, k and v read the same hidden states).
+
+    Each reader's kernel gradient needs the input's conj spectra; the first reader's backward computes them and
+    keeps them here for the others, and the last one drops them, so the transform runs once instead of once per
+    layer. A lone reader keeps nothing. The first backward use closes the group: the next forward pass on the same
+    tensor starts a new one. (Spectra kept past a partial backward pass stay right: autograd refuses an input
+    changed in place, and the group dies with the graph.)"""
+
+    def __init__(self) -> None:
+        self.readers = 0
+        self.used = 0
+        self.closed = False
+        self.spectra: dict = {}
+
+    def get(self, start: int, rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+        """The conj spectra (``_spectra(..., conjugate=True)``) of the input's tokens ``start:start + len(rows)``,
+        computed once (readers may chunk the tokens differently: a chunk is known by where it starts and ends)."""
+        self.closed = True
+        if self.readers < 2:
+            return _spectra(rows, blocks, p, dtype, conjugate=True)
+        key = (start, rows.shape[0], dtype)
+        if key not in self.spectra:
+            self.spectra[key] = _spectra(rows, blocks, p, dtype, conjugate=True)
+        return self.spectra[key]
+
+    def done(self) -> None:
+        """One reader's kernel gradient is computed; after the last one of a backward pass the spectra go."""
+        self.used += 1
+        if self.used >= self.readers:
+            self.used, self.spectra = 0, {}
+
+
+_READERS: dict = {}  # id(x) -> (weakref to x, {(version, blocks, p): SharedInput}); an entry goes with its x
+_READERS_LOCK = threading.Lock()
+
+
+def shared_input(x: torch.Tensor, blocks: int, p: int) -> SharedInput | None:
+    """Register one more adapted layer reading ``x`` in this forward pass (None when no graph is recorded or
+    torch.compile traces: nothing is shared then)."""
+    if not torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return None
+    with _READERS_LOCK:
+        entry = _READERS.get(id(x))
+        if entry is None or entry[0]() is not x:
+            key = id(x)
+            entry = (weakref.ref(x, lambda _, key=key: _forget(key)), {})
+            _READERS[key] = entry
+        groups = entry[1]
+        group = groups.get((x._version, blocks, p))
+        if group is None or group.closed:
+            group = groups[(x._version, blocks, p)] = SharedInput()
+        group.readers += 1
+        return group
+
+
+def _forget(key: int) -> None:
+    with _READERS_LOCK:
+        entry = _READERS.get(key)
+        if entry is not None and entry[0]() is None:
+            del _READERS[key]
+
+
 def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
     """float64 if anything is float64, else float32 (FFTs never run in half precision)."""
     return torch.float64 if torch.float64 in dtypes else torch.float32
@@ -163,10 +228,12 @@ def _kernel_grad_from_moments(moments: torch.Tensor, p: int) -> torch.Tensor:
     return torch.fft.irfft(moments.conj().permute(1, 2, 0), n=p)
 
 
-def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, p: int) -> torch.Tensor:
+def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, p: int,
+                shared: SharedInput | None = None) -> torch.Tensor:
     """dL/dkernel of Δz = C(kernel)·x given dL/dΔz: per-frequency Σ_tokens conj(rfft g) · rfft x (paper §3.3).
 
     x (..., b_in*p), grad_out (..., b_out*p); returns (b_out, b_in, p) in float32 (float64 for float64 inputs).
+    ``shared``: x's group of readers (`shared_input`), whose spectra of x are reused.
     """
     dtype = _compute_dtype(x.dtype, grad_out.dtype)
     x2 = x.reshape(-1, b_in * p)
@@ -174,8 +241,12 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     moments = None
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
     for start in range(0, x2.shape[0], chunk):
+        rows = x2[start:start + chunk]
         moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
-                               _spectra(x2[start:start + chunk], b_in, p, dtype, conjugate=True))
+                               _spectra(rows, b_in, p, dtype, conjugate=True) if shared is None
+                               else shared.get(start, rows, b_in, p, dtype))
+    if shared is not None:
+        shared.done()
     if moments is None:  # no tokens
         return torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device)
     return _kernel_grad_from_moments(moments, p)
@@ -185,7 +256,7 @@ class _CirculantAdd(torch.autograd.Function):
     """out = base + scale·C(kernel)·x through FFTs (base updated in place), or a new tensor if base is None."""
 
     @staticmethod
-    def forward(ctx, base, x, kernel, scale, out_dtype):
+    def forward(ctx, base, x, kernel, scale, out_dtype, shared):
         b_out, b_in, p = kernel.shape
         dtype = _compute_dtype(x.dtype, kernel.dtype)
         x2 = x.reshape(-1, b_in * p)
@@ -201,6 +272,7 @@ class _CirculantAdd(torch.autograd.Function):
             signal = _apply_spectral(operator, _spectra(x2[start:start + chunk], b_in, p, dtype), p)
             _write_rows(signal, out2[start:start + chunk], accumulate=base is not None)
         ctx.scale = scale
+        ctx.shared = shared
         ctx.has_base = base is not None
         ctx.x_dtype = x.dtype
         ctx.save_for_backward(x if ctx.needs_input_grad[2] else None, kernel)
@@ -224,25 +296,30 @@ class _CirculantAdd(torch.autograd.Function):
         for start in range(0, g2.shape[0], chunk):
             g_spectra = _spectra(g2[start:start + chunk], b_out, p, dtype)
             if need_kernel:
+                rows = x2[start:start + chunk]
                 moments = _add_moments(moments, g_spectra,
-                                       _spectra(x2[start:start + chunk], b_in, p, dtype, conjugate=True))
+                                       _spectra(rows, b_in, p, dtype, conjugate=True) if ctx.shared is None
+                                       else ctx.shared.get(start, rows, b_in, p, dtype))
             if need_x:
                 _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:
-            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) if moments is None
+            if moments is not None and ctx.shared is not None:
+                ctx.shared.done()
+            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p, ctx.shared) if moments is None
                            else _kernel_grad_from_moments(moments, p))
             grad_kernel = (grad_kernel * ctx.scale).to(kernel.dtype)
         grad_base = grad_out if ctx.has_base and ctx.needs_input_grad[0] else None
-        return grad_base, grad_x, grad_kernel, None, None
+        return grad_base, grad_x, grad_kernel, None, None, None
 
 
 class _MergedLinear(torch.autograd.Function):
     """F.linear(x, W0 + scale·C(kernel), bias): one matmul; W_eff is rebuilt in backward instead of saved."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kernel, scale):
+    def forward(ctx, x, weight, bias, kernel, scale, shared):
         out = F.linear(x, merged_weight(weight, kernel, scale), bias)
         ctx.scale = scale
+        ctx.shared = shared
         need_x_saved = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
         ctx.save_for_backward(x if need_x_saved else None, weight, kernel)
         return out
@@ -259,8 +336,8 @@ class _MergedLinear(torch.autograd.Function):
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, b_out * p).sum(0)
         if ctx.needs_input_grad[3]:
-            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) * ctx.scale).to(kernel.dtype)
-        return grad_x, grad_weight, grad_bias, grad_kernel, None
+            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p, ctx.shared) * ctx.scale).to(kernel.dtype)
+        return grad_x, grad_weight, grad_bias, grad_kernel, None, None
 
 
 def _check_shapes(x: torch.Tensor, kernel: torch.Tensor) -> None:
@@ -278,7 +355,7 @@ def block_circulant_matmul(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tenso
     """
     _check_shapes(x, kernel)
     out_dtype = _compute_dtype(x.dtype, kernel.dtype)
-    return _CirculantAdd.apply(None, x, kernel, 1.0, out_dtype)
+    return _CirculantAdd.apply(None, x, kernel, 1.0, out_dtype, None)
 
 
 def choose_path(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> str:
@@ -305,10 +382,11 @@ def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None
     path = path or choose_path(x, weight, kernel)
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    shared = shared_input(x, kernel.shape[1], kernel.shape[2]) if kernel.requires_grad else None
     if path == "merged":
         if not (x.dtype == weight.dtype == kernel.dtype):
             raise ValueError(f"merged path needs one dtype, got x {x.dtype}, weight {weight.dtype}, "
                              f"kernel {kernel.dtype}")
-        return _MergedLinear.apply(x, weight, bias, kernel, scale)
+        return _MergedLinear.apply(x, weight, bias, kernel, scale, shared)
     base = F.linear(x, weight, bias)
-    return _CirculantAdd.apply(base, x, kernel, scale, base.dtype)
+    return _CirculantAdd.apply(base, x, kernel, scale, base.dtype, shared)

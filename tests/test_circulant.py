@@ -295,3 +295,72 @@ def test_both_paths_under_torch_compile(path, monkeypatch):
     for eager, compiled in zip(*results):
         torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
     torch._dynamo.reset()
+
+
+def _count_x_transforms(monkeypatch) -> list:
+    """The block size of every conj transform of an input (the kernel gradient's x side), in order."""
+    from c3a import circulant
+
+    transforms, spectra = [], circulant._spectra
+    monkeypatch.setattr(circulant, "_spectra", lambda rows, blocks, p, dtype, conjugate=False: (
+        transforms.append(p) if conjugate else None) or spectra(rows, blocks, p, dtype, conjugate))
+    return transforms
+
+
+def _groups_of(x):
+    from c3a import circulant
+
+    entry = circulant._READERS.get(id(x))
+    return {} if entry is None or entry[0]() is not x else entry[1]
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("path", ["merged", "fft"])
+def test_layers_reading_one_input_share_its_spectra(path, chunked, monkeypatch):
+    """q, k and v read one x: within a backward pass its conj spectra are computed once per block size (here 2 of
+    4 layers' worth: one layer has another block size), also when the readers cut the tokens into different
+    chunks; the gradients stay exact and the spectra are dropped after the last reader."""
+    from c3a import circulant
+
+    if chunked:  # 15 tokens; the readers' chunk sizes differ with d_out
+        monkeypatch.setattr(circulant, "MIN_CHUNK_ELEMENTS", 200)
+        assert [circulant._chunk_tokens(15, f) for f in (72, 48, 24)] == [4, 4, 8]
+    transforms = _count_x_transforms(monkeypatch)
+    x = _x((3, 5, 24)).requires_grad_()
+    shapes = [(72, 8), (24, 8), (48, 8), (48, 4)]  # (d_out, block size): three at 8, one at 4
+    kernels = [_kernel(24, d_out, p, seed=i).requires_grad_() for i, (d_out, p) in enumerate(shapes)]
+    weights = [_x((d_out, 24), seed=10 + i) for i, (d_out, _) in enumerate(shapes)]
+    total = sum((c3a_linear(x, w, None, k, 0.5, path=path) ** 2).sum() for w, k in zip(weights, kernels))
+    groups = _groups_of(x)
+    assert sorted(g.readers for g in groups.values()) == [1, 3]
+    total.backward()
+    # chunked: the 72- and 48-wide readers cut 4-token chunks (0, 4, 8, 12), the 24-wide one 8 (0, 8): 4 + 2
+    # transforms at block 8; the block-4 reader alone, 4 chunks
+    assert [transforms.count(8), transforms.count(4)] == ([6, 4] if chunked else [1, 1])
+    assert all(g.spectra == {} and g.closed for g in groups.values())
+    dense_x = x.detach().clone().requires_grad_()
+    dense_kernels = [k.detach().clone().requires_grad_() for k in kernels]
+    sum(((F.linear(dense_x, w) + 0.5 * dense_x @ block_circulant_matrix(k).T) ** 2).sum()
+        for w, k in zip(weights, dense_kernels)).backward()
+    torch.testing.assert_close(x.grad, dense_x.grad, rtol=1e-10, atol=1e-10)
+    for kernel, dense in zip(kernels, dense_kernels):
+        torch.testing.assert_close(kernel.grad, dense.grad, rtol=1e-10, atol=1e-10)
+
+
+def test_each_forward_pass_starts_its_own_group(monkeypatch):
+    """The same tensor read again in a new forward pass (a fixed batch, step after step) forms a new group: one
+    reader then keeps nothing, and the kernel gradient is the same. Without a graph nothing is registered."""
+    transforms = _count_x_transforms(monkeypatch)
+    kernel, weight = _kernel(24, 24, 8).requires_grad_(), _x((24, 24), seed=2)
+    x = _x((3, 5, 24)).requires_grad_()
+    grads = []
+    for _ in range(2):
+        c3a_linear(x, weight, None, kernel, 0.5, path="merged").sum().backward()
+        grads.append(kernel.grad)
+        kernel.grad = None
+    assert transforms == [8, 8] and torch.equal(grads[0], grads[1])
+    assert sorted(g.readers for g in _groups_of(x).values()) == [1]  # the first group was replaced
+    with torch.no_grad():
+        other = _x((3, 5, 24), seed=5)
+        c3a_linear(other, weight, None, kernel, 0.5, path="merged")
+    assert _groups_of(other) == {}
