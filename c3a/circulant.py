@@ -141,7 +141,7 @@ class SharedInput:
 
 
 _READERS: dict = {}  # id(x) -> (weakref to x, {(version, blocks, p): SharedInput}); an entry goes with its x
-_READERS_LOCK = threading.Lock()
+_READERS_LOCK = threading.RLock()  # re-entrant: a weakref callback (_forget) may fire inside, on GC
 
 
 def shared_input(x: torch.Tensor, blocks: int, p: int) -> SharedInput | None:
