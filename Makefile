@@ -83,8 +83,9 @@ plain-loop: ## run.py vs a plain loop on the same SmolLM2 SST-2 rows (512 x 64 s
 	for m in c3a lora; do for side in plain runpy; do $(PLAIN_LOOP) --method $$m --side $$side --seeds $(SEEDS) || exit 1; done; done
 	$(PYTHON) scripts/plain_loop_table.py $(PLAIN_LOOP_OUT)
 
-plain-loop-ablations: ## The plain loop with one setting changed at a time (answer word, left padding, no EOS, Alpaca prompt, the file's first rows), SEEDS=…; resumes
+plain-loop-ablations: ## One setting changed at a time (answer word, also through run.py; left padding, no EOS, Alpaca prompt, the file's first rows), SEEDS=…; resumes
 	for m in c3a lora; do $(PLAIN_LOOP) --method $$m --seeds $(SEEDS) --answer word --padding left || exit 1; done
+	for m in c3a lora; do $(PLAIN_LOOP) --method $$m --side runpy --seeds $(SEEDS) --answer word || exit 1; done
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --answer word
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --padding left
 	$(PLAIN_LOOP) --method c3a --seeds $(SEEDS) --no-eos

@@ -140,16 +140,24 @@ def plain_loop(data: dict, settings, model_dir: str, seed: int, max_length: int,
             "val": val, "test": test[int(np.argmax(val))]}
 
 
+def instruct_settings(args) -> argparse.Namespace:
+    """The plain loop's settings, parsed by its own command line (so a setting it gains has its default here):
+    C3A on q/v, clipped at 1.0 like the trainer, 8 validation rows, batch 8."""
+    import plain_loop
+
+    return plain_loop.build_parser().parse_args([
+        "--method", "c3a", "--clip", "1.0", "--train-rows", str(args.instruct_train_rows), "--val-rows", "8",
+        "--test-rows", str(args.instruct_test_rows), "--batch-size", "8", "--eval-batch-size", "16",
+        "--data-dir", str(args.glue_sst2), "--cache-dir", str(args.work_dir / "cache")])
+
+
 def instruct_pairs(args) -> dict:
     """The instruction path (SmolLM2-135M-Instruct, SST-2 as chat instructions, C3A on q/v, LR 0.3): the trainer
     (`framework.pipeline.run`) vs scripts/plain_loop.py's plain loop on the same rows, alternating; then the
     evaluation's greedy generation vs a plain `model.generate` loop on the same test rows and weights."""
     import plain_loop
 
-    settings = argparse.Namespace(method="c3a", targets=["q_proj", "v_proj"], answer="sentence", no_eos=False,
-                                  clip=1.0, train_rows=args.instruct_train_rows, val_rows=8,
-                                  test_rows=args.instruct_test_rows, batch_size=8, eval_batch_size=16,
-                                  data_dir=args.glue_sst2, cache_dir=args.work_dir / "cache", overrides=[])
+    settings = instruct_settings(args)
     train = {"trainer": [], "plain": []}
     for pair in range(args.instruct_pairs):
         for side in (("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")):

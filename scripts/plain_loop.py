@@ -169,7 +169,8 @@ def runpy_run(cfg) -> dict:
             "trainable": result.params.get("trainable_total")}
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line; also what scripts/bench_loop.py builds its plain-loop settings from."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--method", choices=sorted(METHODS), required=True)
     parser.add_argument("--side", choices=("plain", "runpy"), default="plain")
@@ -189,6 +190,11 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / ".cache" / "plain_loop")
     parser.add_argument("--out", type=Path, default=None, help="JSONL file: append results, skip seeds it holds")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides (both sides read the task from them)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     plain_only = {"--clip": args.clip is not None, "--no-eos": args.no_eos, "--padding": args.padding != "right",
                   "--train-subset": args.train_subset != "seeded"}

@@ -82,31 +82,16 @@ def test_bench_loop_prints_ratios():
     assert "SPREAD trainer_vs_plain_loop min=" in proc.stdout
 
 
-class _CharTokenizer:
-    """One token per character, EOS = 0: enough to check which tokens carry labels."""
-    eos_token_id = 0
+def test_instruct_settings_are_the_plain_loops_own(tmp_path):
+    """bench_loop's plain-loop settings come from plain_loop's parser: every setting plain_run reads is there
+    (a hand-built copy once missed one the loop gained), with the benchmark's sizes and the trainer's clipping."""
+    import argparse
 
-    def __call__(self, text, add_special_tokens=False):
-        return {"input_ids": [ord(c) for c in text]}
-
-    def decode(self, ids, skip_special_tokens=True):
-        return "".join(chr(int(i)) for i in ids if not (skip_special_tokens and int(i) == 0))
-
-
-def test_plain_loop_rewrites_only_the_answer_part():
-    """scripts/plain_loop.py --answer word / --no-eos: the prompt (labels -100) stays, the labelled part becomes the
-    answer word (+ EOS), labelled in full."""
-    import numpy as np
-
+    import bench_loop
     import plain_loop
 
-    tok = _CharTokenizer()
-    prompt, target = [ord(c) for c in "Q: x?"], [ord(c) for c in "the correct answer is positive"] + [0]
-    row = {"input_ids": np.array(prompt + target), "labels": np.array([-100] * len(prompt) + target)}
-    [word] = plain_loop.rewrite_answers([row], tok, "word", eos=True)
-    assert word["input_ids"].tolist() == prompt + [ord(c) for c in "positive"] + [0]
-    assert word["labels"].tolist() == [-100] * len(prompt) + [ord(c) for c in "positive"] + [0]
-    [same] = plain_loop.rewrite_answers([row], tok, "sentence", eos=True)
-    assert same["input_ids"].tolist() == row["input_ids"].tolist() and same["labels"].tolist() == row["labels"].tolist()
-    [no_eos] = plain_loop.rewrite_answers([row], tok, "word", eos=False)
-    assert no_eos["labels"].tolist()[-1] == ord("e")
+    args = argparse.Namespace(instruct_train_rows=32, instruct_test_rows=16, glue_sst2=tmp_path, work_dir=tmp_path)
+    settings = bench_loop.instruct_settings(args)
+    assert set(vars(settings)) == set(vars(plain_loop.build_parser().parse_args(["--method", "c3a"])))
+    assert (settings.method, settings.clip, settings.train_rows, settings.test_rows, settings.answer,
+            settings.train_subset) == ("c3a", 1.0, 32, 16, "sentence", "seeded")
