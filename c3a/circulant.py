@@ -35,7 +35,8 @@ MERGE_TOKENS_PER_DIM = 0.5
 MERGE_MIN_TOKENS = 64
 # Tokens are processed in chunks: at most MAX_CHUNKS of them (each chunk costs ~5 kernel launches / parallel
 # regions, expensive on a GPU or a loaded CPU), none smaller than MIN_CHUNK_ELEMENTS (small inputs run in one go).
-# Transient memory is ~3 chunks of spectra, i.e. ~3/MAX_CHUNKS of x: 4 keeps the peak below LoRA r=8's.
+# Transient memory is ~3 chunks of spectra, i.e. ~3/MAX_CHUNKS of x: 4 keeps the peak below LoRA r=8's. (Layers
+# that share an input hold all of its spectra, about one x more, from the first of them to the last: SharedInput.)
 MAX_CHUNKS = 4
 MIN_CHUNK_ELEMENTS = 1 << 19
 PATHS = ("merged", "fft")
