@@ -164,6 +164,14 @@ def shared_input(x: torch.Tensor, blocks: int, p: int) -> SharedInput | None:
         return group
 
 
+def _x_conj_spectra(shared: SharedInput | None, start: int, rows: torch.Tensor, blocks: int, p: int,
+                    dtype: torch.dtype) -> torch.Tensor:
+    """The kernel gradient's conj spectra of the input rows ``start:start + len(rows)``: its group's, if any."""
+    if shared is None:
+        return _spectra(rows, blocks, p, dtype, conjugate=True)
+    return shared.get(start, rows, blocks, p, dtype)
+
+
 def _forget(key: int) -> None:
     with _READERS_LOCK:
         entry = _READERS.get(key)
@@ -242,10 +250,8 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     moments = None
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
     for start in range(0, x2.shape[0], chunk):
-        rows = x2[start:start + chunk]
         moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
-                               _spectra(rows, b_in, p, dtype, conjugate=True) if shared is None
-                               else shared.get(start, rows, b_in, p, dtype))
+                               _x_conj_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype))
     if shared is not None:
         shared.done()
     if moments is None:  # no tokens
@@ -297,10 +303,8 @@ class _CirculantAdd(torch.autograd.Function):
         for start in range(0, g2.shape[0], chunk):
             g_spectra = _spectra(g2[start:start + chunk], b_out, p, dtype)
             if need_kernel:
-                rows = x2[start:start + chunk]
                 moments = _add_moments(moments, g_spectra,
-                                       _spectra(rows, b_in, p, dtype, conjugate=True) if ctx.shared is None
-                                       else ctx.shared.get(start, rows, b_in, p, dtype))
+                                       _x_conj_spectra(ctx.shared, start, x2[start:start + chunk], b_in, p, dtype))
             if need_x:
                 _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:
