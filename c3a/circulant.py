@@ -308,9 +308,9 @@ class _CirculantAdd(torch.autograd.Function):
             if need_x:
                 _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:
-            if moments is not None and ctx.shared is not None:
+            if ctx.shared is not None:
                 ctx.shared.done()
-            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p, ctx.shared) if moments is None
+            grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) if moments is None  # no tokens: zeros
                            else _kernel_grad_from_moments(moments, p))
             grad_kernel = (grad_kernel * ctx.scale).to(kernel.dtype)
         grad_base = grad_out if ctx.has_base and ctx.needs_input_grad[0] else None

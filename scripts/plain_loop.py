@@ -66,7 +66,7 @@ def without_eos(rows: list[dict], eos_id: int) -> list[dict]:
     """The task's rows with the EOS that ends each label dropped (rows cut at max_length have none to drop)."""
     out = []
     for row in rows:
-        ends_in_eos = len(row["input_ids"]) and row["input_ids"][-1] == eos_id and row["labels"][-1] == eos_id
+        ends_in_eos = len(row["input_ids"]) > 0 and row["input_ids"][-1] == eos_id and row["labels"][-1] == eos_id
         keep = len(row["input_ids"]) - 1 if ends_in_eos else len(row["input_ids"])
         out.append({"input_ids": row["input_ids"][:keep], "labels": row["labels"][:keep]})
     return out
