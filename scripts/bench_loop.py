@@ -140,14 +140,15 @@ def plain_loop(data: dict, settings, model_dir: str, seed: int, max_length: int,
             "val": val, "test": test[int(np.argmax(val))]}
 
 
-def instruct_settings(args) -> argparse.Namespace:
+def instruct_settings(args, train_rows: int | None = None, test_rows: int | None = None) -> argparse.Namespace:
     """The plain loop's settings, parsed by its own command line (so a setting it gains has its default here):
-    C3A on q/v, clipped at 1.0 like the trainer, 8 validation rows, batch 8."""
+    C3A on q/v, clipped at 1.0 like the trainer, 8 validation rows, batch 8 (rows: the --instruct-* sizes)."""
     import plain_loop
 
     return plain_loop.build_parser().parse_args([
-        "--method", "c3a", "--clip", "1.0", "--train-rows", str(args.instruct_train_rows), "--val-rows", "8",
-        "--test-rows", str(args.instruct_test_rows), "--batch-size", "8", "--eval-batch-size", "16",
+        "--method", "c3a", "--clip", "1.0", "--train-rows", str(train_rows or args.instruct_train_rows),
+        "--val-rows", "8", "--test-rows", str(test_rows or args.instruct_test_rows), "--batch-size", "8",
+        "--eval-batch-size", "16",
         "--data-dir", str(args.glue_sst2), "--cache-dir", str(args.work_dir / "cache")])
 
 
@@ -157,6 +158,13 @@ def instruct_pairs(args) -> dict:
     evaluation's greedy generation vs a plain `model.generate` loop on the same test rows and weights."""
     import plain_loop
 
+    # untimed warm-up, one step on each side: the process's first forward and backward pay one-time costs
+    # (allocator growth, BLAS/FFT plans) that would otherwise land on the first pair's first side
+    print("instruct warm-up (untimed) ...", flush=True)
+    warmup = instruct_settings(args, train_rows=8, test_rows=8)
+    cfg = compose_config(plain_loop.overrides(warmup, args.seed, args.work_dir / "iwarmup"), args.work_dir / "iwarmup")
+    plain_loop.runpy_run(cfg)
+    plain_loop.plain_run(cfg, warmup, args.seed)
     settings = instruct_settings(args)
     train = {"trainer": [], "plain": []}
     for pair in range(args.instruct_pairs):
