@@ -23,7 +23,8 @@ Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is bette
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
 Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
 k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
-q,k,v,up,down, in float32 and (by default on CUDA only) under bfloat16 autocast:
+q,k,v,up,down, in float32 (30 layers) and under bfloat16 autocast (4 layers; on a CPU with a 1,024-token
+vocabulary, as bf16 matmuls crawl there and the LM head is the same on both sides):
 `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time` (wall) and `..._step_cpu_time` (CPU seconds), medians of
 the per-pair ratios with a SPREAD line each. Before them, each adapted projection alone (fwd+bwd, frozen / LoRA /
 ours, in float32 and bfloat16 autocast): `RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's
@@ -378,8 +379,8 @@ def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, devi
             cpu[name].append(time.process_time() - cpu_begin)
     ratios = {"wall": [o / l for o, l in zip(wall["ours"], wall["lora"])],
               "cpu": [o / l for o, l in zip(cpu["ours"], cpu["lora"])]}
-    print(f"\nLlama (SmolLM2-135M shapes, {num_layers} layers) training step, 8 x 64 tokens, {dtype}, "
-          f"targets {','.join(LLAMA_TARGETS[targets_name])}, {pairs} pairs")
+    print(f"\nLlama (SmolLM2-135M shapes, {num_layers} layers, vocabulary {vocab_size}) training step, 8 x 64 tokens, "
+          f"{dtype}, targets {','.join(LLAMA_TARGETS[targets_name])}, {pairs} pairs")
     for name in steps:
         print(f"  {name:<6} wall ms " + " ".join(f"{s * 1e3:.0f}" for s in wall[name])
               + "   cpu ms " + " ".join(f"{s * 1e3:.0f}" for s in cpu[name]))
@@ -402,21 +403,23 @@ def main(argv=None) -> None:
     parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
     parser.add_argument("--llama-rounds", type=int, default=10,
                         help="interleaved rounds of the projections-alone Llama timing (float32 and bfloat16)")
-    parser.add_argument("--llama-bf16-layers", type=int, default=None,
-                        help="decoder layers of the model step under bfloat16 autocast; default 4 on CUDA, 0 (skip) "
-                             "on a CPU, where bf16 matmuls crawl without bf16 units (one 4-layer step: minutes); "
-                             "the projections-alone timing runs in bfloat16 either way")
+    parser.add_argument("--llama-bf16-layers", type=int, default=4,
+                        help="decoder layers of the model step under bfloat16 autocast (0: skip it)")
+    parser.add_argument("--llama-bf16-vocab", type=int, default=None,
+                        help="vocabulary of that bf16 model (its LM head is the same on both sides); default 49152 "
+                             "(SmolLM2's) on CUDA, 1024 on a CPU: there bf16 matmuls crawl without bf16 units, and "
+                             "SmolLM2's head alone takes about a minute a step")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or parts - {"roberta", "llama"}:
         parser.error(f"--parts={args.parts!r}: choose from roberta, llama (comma-separated)")
     if args.model_pairs < 1:
         parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
-    if args.llama_bf16_layers is None:
-        args.llama_bf16_layers = 4 if args.device.startswith("cuda") else 0
-    if args.llama_rounds < 1 or args.llama_bf16_layers < 0:
-        parser.error(f"--llama-rounds={args.llama_rounds} must be >= 1 and --llama-bf16-layers="
-                     f"{args.llama_bf16_layers} >= 0")
+    if args.llama_bf16_vocab is None:
+        args.llama_bf16_vocab = 49152 if args.device.startswith("cuda") else 1024
+    if args.llama_rounds < 1 or args.llama_bf16_layers < 0 or args.llama_bf16_vocab < 2:
+        parser.error(f"--llama-rounds={args.llama_rounds} must be >= 1, --llama-bf16-layers="
+                     f"{args.llama_bf16_layers} >= 0 and --llama-bf16-vocab={args.llama_bf16_vocab} >= 2")
 
     device = torch.device(args.device)
     threads = args.threads
@@ -443,14 +446,15 @@ def main(argv=None) -> None:
         for dtype in ("fp32",) if args.quick else ("fp32", "bf16"):
             for name, values in bench_llama_layers(dtype, 2 if args.quick else args.llama_rounds, device, sync).items():
                 ratios[name], spreads[name] = statistics.median(values), values
-        settings = [("fp32", args.llama_layers)] + ([] if args.quick or not args.llama_bf16_layers
-                                                    else [("bf16", args.llama_bf16_layers)])
-        for dtype, num_layers in settings:  # --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
+        bf16 = [] if args.quick or not args.llama_bf16_layers else [("bf16", args.llama_bf16_layers,
+                                                                       args.llama_bf16_vocab)]
+        settings = [("fp32", args.llama_layers, 49152)] + bf16
+        for dtype, num_layers, vocab_size in settings:  # --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
             for targets_name in LLAMA_TARGETS:
                 layers_here = 2 if args.quick else num_layers
                 pairs = min(args.llama_pairs, 2) if args.quick else args.llama_pairs
                 got = bench_llama(targets_name, dtype, layers_here, pairs, device, sync,
-                                  vocab_size=1024 if args.quick else 49152)
+                                  vocab_size=1024 if args.quick else vocab_size)
                 for kind, values in got.items():
                     name = f"llama_{targets_name}_{dtype}_c3a_vs_lora_step_{'time' if kind == 'wall' else 'cpu_time'}"
                     ratios[name] = statistics.median(values)
