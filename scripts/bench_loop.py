@@ -17,6 +17,12 @@ Ends with `RATIO trainer_vs_plain_loop <median>` (wall time of whole runs, model
 `RATIO trainer_vs_plain_loop_cpu_time <median>` (CPU seconds of whole runs: on a machine shared with other
 jobs the steadier measure of work done), then a `SPREAD <name> min=<v> max=<v> pairs=<n>` line for each.
 Goal: <= 1.03.
+The instruction path (issue 15; `--paths instruct`): SmolLM2-135M-Instruct with C3A on q/v, the trainer vs
+scripts/plain_loop.py's plain loop on the same rows, after an untimed one-step warm-up of each:
+`RATIO instruct_trainer_vs_plain_loop_train_epochs` (training time), `..._steps_after_first` (the time after
+each run's first optimizer step, on one clock for both sides: a start-up cost shows in the first ratio only) and
+`RATIO instruct_eval_generation_tokens_per_s_trainer_vs_plain` (tokens/s of greedy generation, plain / trainer
+time on the same rows). Goal: <= 1.05.
 Run: python scripts/bench_loop.py [--pairs 3] [--train-samples 1000] [--epochs 2] (the issue's setting:
 --train-samples 4000 --epochs 3 --data-dir <GLUE>/SST-2; data/demo holds 3,700 training sentences)
 """
@@ -42,6 +48,7 @@ from framework.compose import compose_config  # noqa: E402  (the config `python 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.optim.optimizer import register_optimizer_step_post_hook  # noqa: E402
 
 DEFAULT_DATA = ROOT / "data" / "demo" / "SST-2"
 
@@ -166,17 +173,29 @@ def instruct_pairs(args) -> dict:
     plain_loop.runpy_run(cfg)
     plain_loop.plain_run(cfg, warmup, args.seed)
     settings = instruct_settings(args)
-    train = {"trainer": [], "plain": []}
-    for pair in range(args.instruct_pairs):
-        for side in (("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")):
-            cfg = compose_config(plain_loop.overrides(settings, args.seed, args.work_dir / f"i{pair}"),
-                                 args.work_dir / f"i{pair}")
-            out = plain_loop.runpy_run(cfg) if side == "trainer" else plain_loop.plain_run(cfg, settings, args.seed)
-            train[side].append(out["train_s"])
-            print(f"instruct pair {pair + 1} {side}: train {out['train_s']:.1f}s test acc {out['test_accuracy']:.1f}",
-                  flush=True)
+    train, after_first = {"trainer": [], "plain": []}, {"trainer": [], "plain": []}
+    # the same clock on both sides: every optimizer step's end (a global hook), so the time after the first
+    # step (the same batches 2..n on both sides) separates a per-run start-up cost from a per-step one
+    stamps = []
+    hook = register_optimizer_step_post_hook(lambda optimizer, args_, kwargs: stamps.append(time.perf_counter()))
+    try:
+        for pair in range(args.instruct_pairs):
+            for side in (("trainer", "plain") if pair % 2 == 0 else ("plain", "trainer")):
+                cfg = compose_config(plain_loop.overrides(settings, args.seed, args.work_dir / f"i{pair}"),
+                                     args.work_dir / f"i{pair}")
+                stamps.clear()
+                out = plain_loop.runpy_run(cfg) if side == "trainer" else plain_loop.plain_run(cfg, settings, args.seed)
+                train[side].append(out["train_s"])
+                after_first[side].append(stamps[-1] - stamps[0])
+                print(f"instruct pair {pair + 1} {side}: train {out['train_s']:.1f}s (after the first of "
+                      f"{len(stamps)} steps {after_first[side][-1]:.1f}s) test acc {out['test_accuracy']:.1f}",
+                      flush=True)
+    finally:
+        hook.remove()
     generation = generation_pairs(settings, args, cfg)
     return {"instruct_trainer_vs_plain_loop_train_epochs": [t / p for t, p in zip(train["trainer"], train["plain"])],
+            "instruct_trainer_vs_plain_loop_steps_after_first": [t / p for t, p in zip(after_first["trainer"],
+                                                                                      after_first["plain"])],
             "instruct_eval_generation_tokens_per_s_trainer_vs_plain": generation}
 
 

@@ -95,3 +95,7 @@ def test_instruct_settings_are_the_plain_loops_own(tmp_path):
     assert set(vars(settings)) == set(vars(plain_loop.build_parser().parse_args(["--method", "c3a"])))
     assert (settings.method, settings.clip, settings.train_rows, settings.test_rows, settings.answer,
             settings.train_subset) == ("c3a", 1.0, 32, 16, "sentence", "seeded")
+    warmup = bench_loop.instruct_settings(args, train_rows=8, test_rows=8)  # the untimed one-step warm-up
+    assert (warmup.train_rows, warmup.test_rows, warmup.batch_size) == (8, 8, 8)
+    assert {k: v for k, v in vars(warmup).items() if k not in ("train_rows", "test_rows")} == \
+        {k: v for k, v in vars(settings).items() if k not in ("train_rows", "test_rows")}
