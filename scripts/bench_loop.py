@@ -281,6 +281,10 @@ def main(argv=None) -> int:
         parser.error(f"--paths={args.paths!r}: choose from minilm, instruct (comma-separated)")
     if args.pairs < 1:
         parser.error(f"--pairs={args.pairs} must be >= 1")
+    if args.instruct_pairs < 1 or args.instruct_train_rows < 16 or args.instruct_test_rows < 1:
+        parser.error(f"--instruct-pairs={args.instruct_pairs} must be >= 1, --instruct-train-rows="
+                     f"{args.instruct_train_rows} >= 16 (two steps of batch 8: the time after the first step is "
+                     f"compared) and --instruct-test-rows={args.instruct_test_rows} >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     from framework.models import resolve_source

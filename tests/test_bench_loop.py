@@ -99,3 +99,16 @@ def test_instruct_settings_are_the_plain_loops_own(tmp_path):
     assert (warmup.train_rows, warmup.test_rows, warmup.batch_size) == (8, 8, 8)
     assert {k: v for k, v in vars(warmup).items() if k not in ("train_rows", "test_rows")} == \
         {k: v for k, v in vars(settings).items() if k not in ("train_rows", "test_rows")}
+
+
+@pytest.mark.parametrize("flags, named", [(["--instruct-train-rows", "8"], "--instruct-train-rows=8"),
+                                          (["--instruct-pairs", "0"], "--instruct-pairs=0"),
+                                          (["--instruct-test-rows", "0"], "--instruct-test-rows=0")])
+def test_instruct_sizes_that_cannot_be_compared_are_refused(flags, named, capsys):
+    """One training step leaves no time after the first step to compare, zero pairs no median: refused before
+    any model loads, naming the value."""
+    import bench_loop
+
+    with pytest.raises(SystemExit):
+        bench_loop.main(["--paths", "instruct", *flags])
+    assert named in capsys.readouterr().err
