@@ -446,15 +446,14 @@ def main(argv=None) -> None:
         for dtype in ("fp32",) if args.quick else ("fp32", "bf16"):
             for name, values in bench_llama_layers(dtype, 2 if args.quick else args.llama_rounds, device, sync).items():
                 ratios[name], spreads[name] = statistics.median(values), values
-        bf16 = [] if args.quick or not args.llama_bf16_layers else [("bf16", args.llama_bf16_layers,
-                                                                       args.llama_bf16_vocab)]
-        settings = [("fp32", args.llama_layers, 49152)] + bf16
-        for dtype, num_layers, vocab_size in settings:  # --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
+        # (dtype, decoder layers, vocabulary); --quick: float32 only (bfloat16 matmuls crawl on most CPUs)
+        full = [("fp32", args.llama_layers, 49152)] + (
+            [("bf16", args.llama_bf16_layers, args.llama_bf16_vocab)] if args.llama_bf16_layers else [])
+        settings = [("fp32", 2, 1024)] if args.quick else full
+        pairs = min(args.llama_pairs, 2) if args.quick else args.llama_pairs
+        for dtype, num_layers, vocab_size in settings:
             for targets_name in LLAMA_TARGETS:
-                layers_here = 2 if args.quick else num_layers
-                pairs = min(args.llama_pairs, 2) if args.quick else args.llama_pairs
-                got = bench_llama(targets_name, dtype, layers_here, pairs, device, sync,
-                                  vocab_size=1024 if args.quick else vocab_size)
+                got = bench_llama(targets_name, dtype, num_layers, pairs, device, sync, vocab_size=vocab_size)
                 for kind, values in got.items():
                     name = f"llama_{targets_name}_{dtype}_c3a_vs_lora_step_{'time' if kind == 'wall' else 'cpu_time'}"
                     ratios[name] = statistics.median(values)
