@@ -23,8 +23,9 @@ Ends with `RATIO <name> <value>` lines, ratio = ours / other (< 1: ours is bette
 `SPREAD c3a_vs_lora_step_time min=<v> max=<v> pairs=<n>` line for the paired model-step ratio.
 Llama path (issue 15): paired training steps of a model with SmolLM2-135M's shapes (random weights; d=576, GQA
 k/v 576->192, MLP 1536), batch 8 x 64 tokens, LoRA r=8 vs ours (block 64, 192 on up/down), on q/v and on
-q,k,v,up,down, in float32 (30 layers) and under bfloat16 autocast (4 layers; on a CPU with a 1,024-token
-vocabulary, as bf16 matmuls crawl there and the LM head is the same on both sides):
+q,k,v,up,down, in float32 (30 layers) and under bfloat16 autocast (30 layers where bf16 matmuls are native: CUDA,
+a CPU with AVX512-BF16 or AMX; else 4 layers and a 1,024-token vocabulary, as bf16 matmuls crawl there and the LM
+head is the same on both sides):
 `RATIO llama_<targets>_<dtype>_c3a_vs_lora_step_time` (wall) and `..._step_cpu_time` (CPU seconds), medians of
 the per-pair ratios with a SPREAD line each. Before them, each adapted projection alone (fwd+bwd, frozen / LoRA /
 ours, in float32 and bfloat16 autocast): `RATIO llama_layers_<dtype>_c3a_vs_lora_time` (one layer's
@@ -389,6 +390,15 @@ def bench_llama(targets_name: str, dtype: str, num_layers: int, pairs: int, devi
     return ratios
 
 
+def has_native_bf16(device: str) -> bool:
+    """bf16 matmuls in hardware: any CUDA device here, or a CPU with AVX512-BF16 or AMX (AVX2-only CPUs emulate
+    them, some 10x slower than float32, which is why the bf16 model step shrinks there)."""
+    if device.startswith("cuda"):
+        return True
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")  # private torch.cpu probes (2.1+)
+    return any(getattr(torch.cpu, probe, lambda: False)() for probe in probes)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="small token counts and model (a smoke run)")
@@ -403,20 +413,24 @@ def main(argv=None) -> None:
     parser.add_argument("--llama-layers", type=int, default=30, help="decoder layers, float32 (SmolLM2: 30)")
     parser.add_argument("--llama-rounds", type=int, default=10,
                         help="interleaved rounds of the projections-alone Llama timing (float32 and bfloat16)")
-    parser.add_argument("--llama-bf16-layers", type=int, default=4,
-                        help="decoder layers of the model step under bfloat16 autocast (0: skip it)")
+    parser.add_argument("--llama-bf16-layers", type=int, default=None,
+                        help="decoder layers of the model step under bfloat16 autocast (0: skip it); default 30 "
+                             "(SmolLM2's) where bf16 matmuls are native (CUDA, a CPU with AVX512-BF16 or AMX), else 4")
     parser.add_argument("--llama-bf16-vocab", type=int, default=None,
                         help="vocabulary of that bf16 model (its LM head is the same on both sides); default 49152 "
-                             "(SmolLM2's) on CUDA, 1024 on a CPU: there bf16 matmuls crawl without bf16 units, and "
-                             "SmolLM2's head alone takes about a minute a step")
+                             "(SmolLM2's) where bf16 matmuls are native, else 1024: without bf16 units they crawl, "
+                             "and SmolLM2's head alone takes about a minute a step on an AVX2-only CPU")
     args = parser.parse_args(argv)
     parts = set(args.parts.split(","))
     if not parts or parts - {"roberta", "llama"}:
         parser.error(f"--parts={args.parts!r}: choose from roberta, llama (comma-separated)")
     if args.model_pairs < 1:
         parser.error(f"--model-pairs={args.model_pairs} must be >= 1")
+    native_bf16 = has_native_bf16(args.device)
+    if args.llama_bf16_layers is None:
+        args.llama_bf16_layers = 30 if native_bf16 else 4
     if args.llama_bf16_vocab is None:
-        args.llama_bf16_vocab = 49152 if args.device.startswith("cuda") else 1024
+        args.llama_bf16_vocab = 49152 if native_bf16 else 1024
     if args.llama_rounds < 1 or args.llama_bf16_layers < 0 or args.llama_bf16_vocab < 2:
         parser.error(f"--llama-rounds={args.llama_rounds} must be >= 1, --llama-bf16-layers="
                      f"{args.llama_bf16_layers} >= 0 and --llama-bf16-vocab={args.llama_bf16_vocab} >= 2")
@@ -436,7 +450,8 @@ def main(argv=None) -> None:
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
-    print(f"device={device} threads={threads} cpu={cpu} torch={torch.__version__} peft={peft.__version__} "
+    print(f"device={device} threads={threads} cpu={cpu} capability={torch.backends.cpu.get_cpu_capability()} "
+          f"native_bf16={native_bf16} torch={torch.__version__} peft={peft.__version__} "
           f"transformers={transformers.__version__}")
     print("peak memory: " + ("torch.cuda.max_memory_allocated above the start" if device.type == "cuda" else
                              "peak RSS (VmHWM) above the RSS at the start of the step"))

@@ -43,3 +43,19 @@ def test_bench_quick_prints_ratios():
         assert spreads[name]["pairs"] == 2 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"], name
     for name in LLAMA_LAYERS:  # the projections alone: one ratio per interleaved round (--quick: 2)
         assert spreads[name]["pairs"] == 2 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"], name
+
+
+def test_bf16_model_step_is_full_size_only_where_bf16_is_native(monkeypatch):
+    """The bf16 model step runs SmolLM2's full size where bf16 matmuls are in hardware (CUDA, AVX512-BF16, AMX) and
+    shrinks only on CPUs that emulate them; the probe answers from the CPU's flags, not from the device name."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_c3a
+
+    assert bench_c3a.has_native_bf16("cuda:0")
+    for avx512_bf16, amx, expected in ((False, False, False), (True, False, True), (False, True, True)):
+        monkeypatch.setattr(bench_c3a.torch.cpu, "_is_avx512_bf16_supported", lambda v=avx512_bf16: v)
+        monkeypatch.setattr(bench_c3a.torch.cpu, "_is_amx_tile_supported", lambda v=amx: v)
+        assert bench_c3a.has_native_bf16("cpu") is expected
+    monkeypatch.delattr(bench_c3a.torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private probe
+    monkeypatch.delattr(bench_c3a.torch.cpu, "_is_amx_tile_supported")
+    assert bench_c3a.has_native_bf16("cpu") is False
