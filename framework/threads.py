@@ -11,6 +11,7 @@ oversubscribes the cores: two processes x two spinning threads on two cores made
   and SLURM_CPUS_PER_TASK, divided among the processes of one node (LOCAL_WORLD_SIZE, set by torchrun and
   accelerate). Note that torchrun and `accelerate launch` set OMP_NUM_THREADS themselves when they start
   several processes; their value then wins.
+It also keeps freed CPU memory in the process (`framework.allocator`), unless the user set a malloc policy.
 `record()` is what the result's provenance stores.
 """
 from __future__ import annotations
@@ -19,6 +20,8 @@ import math
 import os
 import sys
 from pathlib import Path
+
+from framework.allocator import keep_freed_memory
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 _state: dict = {}
@@ -136,7 +139,9 @@ def configure(environ=None) -> dict:
     env["OMP_NUM_THREADS"] = str(threads)
     decided = {"threads": threads, "threads_source": "OMP_NUM_THREADS" if user_threads else "fitted",
                "fitted_threads": fitted, "limits": limits, "omp_wait_policy": env["OMP_WAIT_POLICY"],
-               "omp_wait_policy_source": wait_source, "torch_loaded_before": "torch" in sys.modules}
+               "omp_wait_policy_source": wait_source, "torch_loaded_before": "torch" in sys.modules,
+               "allocator": keep_freed_memory(env) if environ is None else {"keep_freed_memory": None,
+                                                                            "reason": "not this process"}}
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     if environ is None:
