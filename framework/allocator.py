@@ -21,8 +21,19 @@ import os
 import platform
 
 M_TRIM_THRESHOLD = -1  # mallopt parameters, <malloc.h>
+M_MMAP_THRESHOLD = -3
 M_MMAP_MAX = -4
 USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+
+
+def is_glibc() -> bool:
+    """mallopt and malloc_trim exist: Linux with glibc (not musl, not macOS)."""
+    return platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+
+
+def glibc() -> ctypes.CDLL:
+    """The C library, for mallopt / malloc_trim (callers check `is_glibc()` first)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
 def user_policy(env) -> str | None:
@@ -41,8 +52,8 @@ def keep_freed_memory(env=None) -> dict:
     chosen = user_policy(env)
     if chosen:
         return {"keep_freed_memory": False, "reason": f"{chosen} is set: the user's malloc policy stays"}
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+    if not is_glibc():
         return {"keep_freed_memory": False, "reason": f"not glibc ({platform.system()} {platform.libc_ver()[0]})"}
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    libc = glibc()
     done = libc.mallopt(M_MMAP_MAX, 0) == 1 and libc.mallopt(M_TRIM_THRESHOLD, -1) == 1
     return {"keep_freed_memory": done, "reason": "mallopt" if done else "mallopt refused"}

@@ -134,14 +134,16 @@ def configure(environ=None) -> dict:
     fitted = fitted_threads(limits["affinity"], limits["cgroup_cpus"], limits["slurm_cpus_per_task"],
                             limits["local_world_size"])
     threads = user_threads or fitted
+    # malloc is the process's own: a dict given for inspection (tests) leaves it alone
+    allocator = (keep_freed_memory(env) if environ is None
+                 else {"keep_freed_memory": None, "reason": "not this process"})
     wait_source = "environment" if env.get("OMP_WAIT_POLICY") else "set"
     env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     env["OMP_NUM_THREADS"] = str(threads)
     decided = {"threads": threads, "threads_source": "OMP_NUM_THREADS" if user_threads else "fitted",
                "fitted_threads": fitted, "limits": limits, "omp_wait_policy": env["OMP_WAIT_POLICY"],
                "omp_wait_policy_source": wait_source, "torch_loaded_before": "torch" in sys.modules,
-               "allocator": keep_freed_memory(env) if environ is None else {"keep_freed_memory": None,
-                                                                            "reason": "not this process"}}
+               "allocator": allocator}
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(threads)
     if environ is None:

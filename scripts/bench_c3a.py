@@ -39,7 +39,6 @@ Run: python scripts/bench_c3a.py [--quick] [--model-pairs 5] [--parts llama] [--
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import sys
@@ -51,6 +50,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from c3a.circulant import c3a_linear  # noqa: E402
+from framework import allocator  # noqa: E402  (glibc's mallopt, as run.py's allocator policy uses it)
 
 MMAP_THRESHOLD_BYTES = 64 << 10
 LAYER_SHAPES = [("roberta-base", 768, 128), ("roberta-large", 1024, 128)]
@@ -63,9 +63,8 @@ class PeakMemory:
     def __init__(self, device: torch.device):
         self.device = device
         if device.type == "cpu":
-            self.libc = ctypes.CDLL("libc.so.6")
-            m_mmap_threshold = -3
-            if self.libc.mallopt(m_mmap_threshold, MMAP_THRESHOLD_BYTES) != 1:
+            self.libc = allocator.glibc()
+            if self.libc.mallopt(allocator.M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) != 1:
                 raise RuntimeError("mallopt(M_MMAP_THRESHOLD) failed: CPU peak memory would be wrong")
 
     @staticmethod

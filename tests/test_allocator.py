@@ -3,14 +3,13 @@ page faults, and a malloc policy the user set is left alone."""
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 
 import pytest
 
 from conftest import ROOT
-from framework.allocator import keep_freed_memory, user_policy
+from framework.allocator import is_glibc, keep_freed_memory, user_policy
 
 # a training step's pattern: large tensors (40, 130 and 64 MiB) made, used and freed, step after step; the page
 # faults of the fourth step
@@ -46,7 +45,7 @@ def _fourth_step_faults(**env) -> int:
     return int(done.stdout.split()[1])
 
 
-@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc", reason="glibc's mallopt")
+@pytest.mark.skipif(not is_glibc(), reason="glibc's mallopt")
 def test_a_training_steps_large_tensors_cost_no_page_faults_once_warm():
     kept = _fourth_step_faults()
     glibc_default = _fourth_step_faults(MALLOC_MMAP_MAX_="65536")  # a user's policy: glibc's own default
