@@ -4,12 +4,15 @@ Kernel shape (b_out, b_in, p) with p the block size; row convention of the paper
 so block i of the output is Σ_j (circular cross-correlation of x_j with w_ij), i.e. in frequency space
 Y_i = Σ_j conj(W_ij) · X_j with real FFTs of length p.
 
-Two exact ways to evaluate `c3a_linear` (chosen by dtype, token count and device, see `choose_path`):
-- "merged": float32/float64 model. One matmul with W0 + scale·C(kernel) built on the fly (`merged_weight`:
-  d_out·d_in work, tiny next to N·d_out·d_in). Backward: grad_x = g @ W_eff; kernel grad through FFTs
-  (`kernel_grad`). Saves only x.
-- "fft": half-precision model (a bf16 merged weight would round the adapter away) or few tokens. The adapter runs
-  in float32 through FFTs and is added in place to the base output. Saves only x (in its own dtype).
+Two ways to evaluate `c3a_linear`, exact in full precision (chosen by dtype, token count, device and
+autocast, see `choose_path`):
+- "merged": float32/float64 weights. One matmul with W0 + scale·C(kernel) built on the fly (`merged_weight`,
+  d_out·d_in work); backward: grad_x = g @ W_eff (rebuilt), kernel grad through FFTs (`kernel_grad`); saves x.
+  Under autocast it is autocast's own treatment of a float32 weight: the matmuls use W_eff cast once to the
+  autocast dtype (kept for backward, as autocast keeps its cast of W0), just as a full fine-tune under autocast
+  sees lowp(W0 + ΔW); the kernel gradient stays float32.
+- "fft": half-precision weights (a bf16 model: its merged weight would round the adapter away) or few tokens.
+  The adapter runs in float32 through FFTs and is added in place to the base output. Saves only x (its dtype).
 
 Layout used by both: a chunk of c tokens becomes its blockwise rfft as a contiguous complex (F, b, c) tensor,
 tokens last. The per-frequency contractions (over blocks, or over tokens for the kernel gradient) are then
@@ -318,31 +321,40 @@ class _CirculantAdd(torch.autograd.Function):
 
 
 class _MergedLinear(torch.autograd.Function):
-    """F.linear(x, W0 + scale·C(kernel), bias): one matmul; W_eff is rebuilt in backward instead of saved."""
+    """F.linear(x, W0 + scale·C(kernel), bias): one matmul. In full precision W_eff is rebuilt in backward instead
+    of saved; under autocast (``lowp``: its dtype) the cast W_eff is kept, as autocast keeps its cast of W0."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, kernel, scale, shared):
-        out = F.linear(x, merged_weight(weight, kernel, scale), bias)
-        ctx.scale = scale
-        ctx.shared = shared
+    def forward(ctx, x, weight, bias, kernel, scale, shared, lowp):
+        merged = merged_weight(weight, kernel, scale)
+        if lowp is not None:
+            merged = merged.to(lowp)
+            with torch.autocast(x.device.type, enabled=False):
+                out = F.linear(x.to(lowp), merged, None if bias is None else bias.to(lowp))
+        else:
+            out = F.linear(x, merged, bias)
+        ctx.scale, ctx.shared, ctx.x_dtype = scale, shared, x.dtype
         need_x_saved = ctx.needs_input_grad[1] or ctx.needs_input_grad[3]
-        ctx.save_for_backward(x if need_x_saved else None, weight, kernel)
+        ctx.save_for_backward(x if need_x_saved else None, weight, kernel, merged if lowp is not None else None)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        x, weight, kernel = ctx.saved_tensors
+        x, weight, kernel, kept = ctx.saved_tensors
         b_out, b_in, p = kernel.shape
         grad_x = grad_weight = grad_bias = grad_kernel = None
+        matmul_grad = grad_out if kept is None else grad_out.to(kept.dtype)
         if ctx.needs_input_grad[0]:
-            grad_x = grad_out @ merged_weight(weight, kernel, ctx.scale)
+            merged = kept if kept is not None else merged_weight(weight, kernel, ctx.scale)
+            grad_x = (matmul_grad @ merged).to(ctx.x_dtype)
         if ctx.needs_input_grad[1]:
-            grad_weight = grad_out.reshape(-1, b_out * p).T @ x.reshape(-1, b_in * p)
+            grad_weight = (matmul_grad.reshape(-1, b_out * p).T @ x.reshape(-1, b_in * p).to(matmul_grad.dtype)
+                           ).to(weight.dtype)
         if ctx.needs_input_grad[2]:
             grad_bias = grad_out.reshape(-1, b_out * p).sum(0)
         if ctx.needs_input_grad[3]:
             grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p, ctx.shared) * ctx.scale).to(kernel.dtype)
-        return grad_x, grad_weight, grad_bias, grad_kernel, None, None
+        return grad_x, grad_weight, grad_bias, grad_kernel, None, None, None
 
 
 def _check_shapes(x: torch.Tensor, kernel: torch.Tensor) -> None:
@@ -363,16 +375,27 @@ def block_circulant_matmul(x: torch.Tensor, kernel: torch.Tensor) -> torch.Tenso
     return _CirculantAdd.apply(None, x, kernel, 1.0, out_dtype, None)
 
 
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if device != "meta" and torch.is_autocast_enabled(device) else None
+
+
+def _can_merge(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> bool:
+    """Merging keeps the numerics: x, weight and kernel in one full-precision dtype, or float32 weight and kernel
+    under autocast (x float32 or the autocast dtype): never a half-precision weight, whose merged weight would
+    round the adapter away."""
+    lowp = _autocast_dtype(x)
+    if lowp is not None:
+        return weight.dtype == kernel.dtype == torch.float32 and x.dtype in (torch.float32, lowp)
+    return x.dtype == weight.dtype == kernel.dtype and x.dtype in (torch.float32, torch.float64)
+
+
 def choose_path(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> str:
-    """Fastest exact path: merge only when x, weight and kernel share a full-precision dtype (a half-precision
-    merged weight would round the adapter away, and so would autocast) and there are enough tokens to amortise
-    building W_eff."""
-    same_dtype = x.dtype == weight.dtype == kernel.dtype and x.dtype in (torch.float32, torch.float64)
-    autocast = x.device.type != "meta" and torch.is_autocast_enabled(x.device.type)  # meta: shape inference
+    """Fastest path: merged where `_can_merge` and there are enough tokens to amortise building W_eff."""
     tokens = x.numel() // max(1, x.shape[-1])
     d_out, d_in = weight.shape
     enough = tokens >= max(MERGE_MIN_TOKENS, MERGE_TOKENS_PER_DIM * 2 * d_in * d_out / (d_in + d_out))
-    return "merged" if same_dtype and not autocast and enough else "fft"
+    return "merged" if enough and _can_merge(x, weight, kernel) else "fft"
 
 
 def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None) -> torch.Tensor:
@@ -389,9 +412,9 @@ def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     shared = shared_input(x, kernel.shape[1], kernel.shape[2]) if kernel.requires_grad else None
     if path == "merged":
-        if not (x.dtype == weight.dtype == kernel.dtype):
-            raise ValueError(f"merged path needs one dtype, got x {x.dtype}, weight {weight.dtype}, "
-                             f"kernel {kernel.dtype}")
-        return _MergedLinear.apply(x, weight, bias, kernel, scale, shared)
+        if not _can_merge(x, weight, kernel):
+            raise ValueError(f"merged path needs one full-precision dtype (or float32 weights under autocast), got "
+                             f"x {x.dtype}, weight {weight.dtype}, kernel {kernel.dtype}")
+        return _MergedLinear.apply(x, weight, bias, kernel, scale, shared, _autocast_dtype(x))
     base = F.linear(x, weight, bias)
     return _CirculantAdd.apply(base, x, kernel, scale, base.dtype, shared)

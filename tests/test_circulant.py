@@ -259,8 +259,39 @@ def test_choose_path():
     assert choose_path(many, weight, kernel) == "merged"
     assert choose_path(few, weight, kernel) == "fft"
     assert choose_path(many.bfloat16(), weight.bfloat16(), kernel) == "fft"
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert choose_path(many, weight, kernel) == "fft"
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 weights: merged, as autocast casts any weight
+        assert choose_path(many, weight, kernel) == "merged"
+        assert choose_path(many.bfloat16(), weight, kernel) == "merged"
+        assert choose_path(few, weight, kernel) == "fft"
+        assert choose_path(many.bfloat16(), weight.bfloat16(), kernel) == "fft"  # a bf16 model never merges
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_merged_under_autocast_is_autocast_of_the_merged_weight(bias):
+    """Under autocast the merged path computes what autocast makes of F.linear(x, W0 + scale·C): the forward and
+    grad_x use bf16(W_eff); the kernel gradient is the FFT path's, in float32 from the float32 input."""
+    d_in, d_out, p, scale = 128, 192, 32, 0.7
+    weight = _x((d_out, d_in), dtype=torch.float32, seed=2) / d_in ** 0.5
+    bias_ = _x((d_out,), dtype=torch.float32, seed=3).requires_grad_() if bias else None
+    kernel = (_kernel(d_in, d_out, p, dtype=torch.float32) * 0.1).requires_grad_()
+    x = _x((2, 40, d_in), dtype=torch.float32).requires_grad_()
+    grad_out = _x((2, 40, d_out), dtype=torch.bfloat16, seed=4)
+    grads = {}
+    for path in ("merged", "fft"):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert choose_path(x, weight, kernel) == "merged"
+            out = c3a_linear(x, weight, bias_, kernel, scale, path=path)
+        assert out.dtype == torch.bfloat16
+        grads[path] = torch.autograd.grad(out, [x, kernel] + ([bias_] if bias else []), grad_out)
+        if path == "merged":
+            merged = (weight + scale * block_circulant_matrix(kernel.detach())).bfloat16()
+            want = F.linear(x.detach().bfloat16(), merged, None if bias_ is None else bias_.detach().bfloat16())
+            torch.testing.assert_close(out, want)  # bf16 tolerance: BLAS kernels may round the last bit apart
+            torch.testing.assert_close(grads[path][0], (grad_out @ merged).float(), rtol=2 ** -7, atol=1e-3)
+    torch.testing.assert_close(grads["merged"][1], grads["fft"][1], rtol=1e-5, atol=1e-6)
+    if bias:
+        torch.testing.assert_close(grads["merged"][2], grads["fft"][2], rtol=1e-2, atol=1e-2)
+    assert grads["merged"][1].dtype == torch.float32 and grads["merged"][0].dtype == torch.float32
 
 
 def test_bad_inputs_raise():
@@ -269,7 +300,7 @@ def test_bad_inputs_raise():
         block_circulant_matmul(_x((3, 12)), kernel)
     with pytest.raises(ValueError, match="path"):
         c3a_linear(_x((3, 16)), _x((16, 16)), None, kernel, 1.0, path="dense")
-    with pytest.raises(ValueError, match="merged path needs one dtype"):
+    with pytest.raises(ValueError, match="merged path needs one full-precision dtype"):
         c3a_linear(_x((3, 16)).float(), _x((16, 16)).float(), None, kernel, 1.0, path="merged")
 
 
@@ -364,3 +395,28 @@ def test_each_forward_pass_starts_its_own_group(monkeypatch):
         other = _x((3, 5, 24), seed=5)
         c3a_linear(other, weight, None, kernel, 0.5, path="merged")
     assert _groups_of(other) == {}
+
+
+def test_merged_under_autocast_learns_as_the_fft_path():
+    """Training kernels from zero under bf16 autocast: the merged path (forward through bf16(W0 + C)) fits a
+    block-circulant target as the exact FFT path does, although tiny early kernels round away in its forward."""
+    d, p, tokens = 64, 16, 256
+    gen = torch.Generator().manual_seed(0)
+    weight = torch.randn(d, d, generator=gen) / d ** 0.5
+    target_kernel = torch.randn(d // p, d // p, p, generator=gen) * 0.05
+    x = torch.randn(tokens, d, generator=gen)
+    y = F.linear(x, weight + block_circulant_matrix(target_kernel))
+    losses = {}
+    for path in ("merged", "fft"):
+        kernel = torch.zeros(d // p, d // p, p, requires_grad=True)
+        optimizer = torch.optim.Adam([kernel], lr=0.01)
+        for _ in range(60):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = F.mse_loss(c3a_linear(x, weight, None, kernel, 1.0, path=path).float(), y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        losses[path] = loss.item()
+    start = F.mse_loss(F.linear(x, weight), y).item()
+    assert losses["fft"] < 0.05 * start and losses["merged"] < 0.05 * start, (start, losses)
+    assert abs(losses["merged"] - losses["fft"]) < 0.2 * losses["fft"] + 1e-4, losses
