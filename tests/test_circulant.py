@@ -420,3 +420,23 @@ def test_merged_under_autocast_learns_as_the_fft_path():
     start = F.mse_loss(F.linear(x, weight), y).item()
     assert losses["fft"] < 0.05 * start and losses["merged"] < 0.05 * start, (start, losses)
     assert abs(losses["merged"] - losses["fft"]) < 0.2 * losses["fft"] + 1e-4, losses
+
+
+def test_readers_under_autocast_share_the_float32_input(monkeypatch):
+    """Under autocast q, k and v (merged path) still transform their shared float32 input once, and their kernel
+    gradients are the FFT path's (the bf16 casts each matmul makes are not what the kernel gradient reads)."""
+    transforms = _count_x_transforms(monkeypatch)
+    x = _x((2, 64, 64), dtype=torch.float32).requires_grad_()
+    kernels = [(_kernel(64, d_out, 16, dtype=torch.float32, seed=i) * 0.1).requires_grad_()
+               for i, d_out in enumerate((64, 32, 32))]
+    weights = [_x((d_out, 64), dtype=torch.float32, seed=10 + i) / 8 for i, d_out in enumerate((64, 32, 32))]
+    grads = {}
+    for path in ("merged", "fft"):
+        transforms.clear()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            outs = [c3a_linear(x, w, None, k, 0.5, path=path) for w, k in zip(weights, kernels)]
+        grads[path] = torch.autograd.grad([o.float().square().sum() for o in outs], kernels)
+        assert transforms == [16], (path, transforms)
+    for merged, fft in zip(grads["merged"], grads["fft"]):
+        assert merged.dtype == torch.float32
+        torch.testing.assert_close(merged, fft, rtol=0.05, atol=0.05 * fft.abs().max().item())
