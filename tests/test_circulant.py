@@ -284,9 +284,11 @@ def test_merged_under_autocast_is_autocast_of_the_merged_weight(bias):
         assert out.dtype == torch.bfloat16
         grads[path] = torch.autograd.grad(out, [x, kernel] + ([bias_] if bias else []), grad_out)
         if path == "merged":
-            merged = (weight + scale * block_circulant_matrix(kernel.detach())).bfloat16()
+            merged = merged_weight(weight, kernel, scale).bfloat16()  # tested against the dense matrix above
             want = F.linear(x.detach().bfloat16(), merged, None if bias_ is None else bias_.detach().bfloat16())
-            torch.testing.assert_close(out, want)  # bf16 tolerance: BLAS kernels may round the last bit apart
+            # equal but for a rare last bit (BLAS kernels may round apart); the FFT path differs in about half
+            assert (out != want).float().mean() < 0.01
+            torch.testing.assert_close(out, want)
             torch.testing.assert_close(grads[path][0], (grad_out @ merged).float(), rtol=2 ** -7, atol=1e-3)
     torch.testing.assert_close(grads["merged"][1], grads["fft"][1], rtol=1e-5, atol=1e-6)
     if bias:
