@@ -401,8 +401,9 @@ def choose_path(x: torch.Tensor, weight: torch.Tensor, kernel: torch.Tensor) -> 
 def c3a_linear(x, weight, bias, kernel, scale: float, *, path: str | None = None) -> torch.Tensor:
     """F.linear(x, weight, bias) + scale·C(kernel)·x in x's (the base layer's) dtype.
 
-    The adapter math runs in float32 (float64 for float64 inputs). `path` forces "merged" or "fft" (tests,
-    benchmarks); by default `choose_path` picks. Gradients flow to x, kernel, and to weight/bias if they ask.
+    The adapter math runs in float32 (float64 for float64 inputs); under autocast the merged path's two matmuls
+    run in the autocast dtype, as any weight's do. `path` forces "merged" or "fft" (tests, benchmarks); by
+    default `choose_path` picks. Gradients flow to x, kernel, and to weight/bias if they ask.
     """
     _check_shapes(x, kernel)
     if kernel.shape[0] * kernel.shape[2] != weight.shape[0]:
