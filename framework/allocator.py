@@ -6,8 +6,8 @@ logits alone are ~130 MB) touches fresh pages each time: a page fault per 4 KiB,
 steps. Which blocks come back already mapped depends on the process's allocation history, so two identical
 loops in one process differed by 11% (run.py's trainer vs the plain loop, issue 15: its log_softmax took 94 ms
 against 29 ms on the same tensor). With mmap off and trimming off, faults stop after the first step and both
-loops ran faster: a 4-step epoch 8% for the plain loop, 17% for the trainer, then 0.986x (docs/llama.md §4). The cost: the process keeps its peak heap until it exits, as torch's
-CUDA caching allocator keeps GPU memory.
+loops ran faster: a 4-step epoch 8% for the plain loop, 17% for the trainer, then 0.986x (docs/llama.md §4).
+The cost: the process keeps its peak heap until it exits, as torch's CUDA caching allocator keeps GPU memory.
 
 `keep_freed_memory()` sets this through mallopt (glibc only) unless the user chose a malloc policy
 (MALLOC_MMAP_MAX_, MALLOC_TRIM_THRESHOLD_, MALLOC_MMAP_THRESHOLD_, or glibc.malloc tunables in
