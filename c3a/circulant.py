@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from c3a import moments as cpu_moments
+
 # The merged path builds a dense W_eff (d_out·d_in, fresh memory, twice per step); it pays once the tokens
 # outnumber MERGE_TOKENS_PER_DIM x the harmonic mean of d_in and d_out (CPU, SmolLM2's shapes at 512 tokens:
 # merged is faster than FFT already at ~0.6x, e.g. q 576x576 and up 576->1536; issue 15).
@@ -114,7 +116,7 @@ def _add_by_block_rows(base: np.ndarray, circulant: np.ndarray, target: np.ndarr
 class SharedInput:
     """One input as read by the adapted layers of one forward pass (q, k and v read the same hidden states).
 
-    Each reader's kernel gradient needs the input's conj spectra; the first reader's backward computes them and
+    Each reader's kernel gradient needs the input's spectra; the first reader's backward computes them and
     keeps them here for the others, and the last one drops them, so the transform runs once instead of once per
     layer. A lone reader keeps nothing. The first backward use closes the group: the next forward pass on the same
     tensor starts a new one. (Spectra kept past a partial backward pass stay right: autograd refuses an input
@@ -126,15 +128,16 @@ class SharedInput:
         self.closed = False
         self.spectra: dict = {}
 
-    def get(self, start: int, rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
-        """The conj spectra (``_spectra(..., conjugate=True)``) of the input's tokens ``start:start + len(rows)``,
-        computed once (readers may chunk the tokens differently: a chunk is known by where it starts and ends)."""
+    def get(self, start: int, rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, layout: str
+            ) -> torch.Tensor:
+        """The spectra (`_x_spectra`) of the input's tokens ``start:start + len(rows)`` in ``layout``, computed once
+        (readers may chunk the tokens differently: a chunk is known by where it starts and ends)."""
         self.closed = True
         if self.readers < 2:
-            return _spectra(rows, blocks, p, dtype, conjugate=True)
-        key = (start, rows.shape[0], dtype)
+            return _x_spectra(rows, blocks, p, dtype, layout)
+        key = (start, rows.shape[0], dtype, layout)
         if key not in self.spectra:
-            self.spectra[key] = _spectra(rows, blocks, p, dtype, conjugate=True)
+            self.spectra[key] = _x_spectra(rows, blocks, p, dtype, layout)
         return self.spectra[key]
 
     def done(self) -> None:
@@ -167,12 +170,12 @@ def shared_input(x: torch.Tensor, blocks: int, p: int) -> SharedInput | None:
         return group
 
 
-def _x_conj_spectra(shared: SharedInput | None, start: int, rows: torch.Tensor, blocks: int, p: int,
-                    dtype: torch.dtype) -> torch.Tensor:
-    """The kernel gradient's conj spectra of the input rows ``start:start + len(rows)``: its group's, if any."""
+def _input_spectra(shared: SharedInput | None, start: int, rows: torch.Tensor, blocks: int, p: int,
+                   dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """The kernel gradient's spectra of the input rows ``start:start + len(rows)``: its group's, if any."""
     if shared is None:
-        return _spectra(rows, blocks, p, dtype, conjugate=True)
-    return shared.get(start, rows, blocks, p, dtype)
+        return _x_spectra(rows, blocks, p, dtype, layout)
+    return shared.get(start, rows, blocks, p, dtype, layout)
 
 
 def _forget(key: int) -> None:
@@ -201,6 +204,20 @@ def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, conjug
         return spectra.contiguous()
     # written out, not a lazy conj view: bmm copies a conjugated operand (issue 15's profile: 1 ms per call)
     return torch.conj_physical(spectra, out=torch.empty(spectra.shape, dtype=spectra.dtype, device=spectra.device))
+
+
+def _token_spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """(c, blocks*p) signal -> its blockwise rfft, contiguous (c, blocks, F) complex: as rfft writes it for
+    contiguous rows (a strided input, e.g. a transposed gradient, gets a strided output, copied here)."""
+    return torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).contiguous()
+
+
+def _x_spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
+    """The kernel gradient's transform of input rows: "tokens" as rfft writes it (for `cpu_moments`), or
+    "conj_frequencies", conjugated in the (F, blocks, c) layout of the batched matmuls."""
+    if layout == "tokens":
+        return _token_spectra(rows, blocks, p, dtype)
+    return _spectra(rows, blocks, p, dtype, conjugate=True)
 
 
 def _apply_spectral(operator: torch.Tensor, spectra: torch.Tensor, p: int) -> torch.Tensor:
@@ -250,16 +267,26 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     dtype = _compute_dtype(x.dtype, grad_out.dtype)
     x2 = x.reshape(-1, b_in * p)
     g2 = grad_out.reshape(-1, b_out * p)
-    moments = None
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
-    for start in range(0, x2.shape[0], chunk):
-        moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
-                               _x_conj_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype))
+    chunks = range(0, x2.shape[0], chunk)
+    if cpu_moments.applies(x2, g2):  # the moments straight from rfft's layout: no transposing copies
+        complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
+        moments = torch.zeros(b_out, b_in, p // 2 + 1, dtype=complex_dtype)
+        for start in chunks:
+            cpu_moments.add_moments(moments, _token_spectra(g2[start:start + chunk], b_out, p, dtype),
+                                    _input_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype, "tokens"))
+        grad = torch.fft.irfft(moments.conj(), n=p)
+    else:
+        moments = None
+        for start in chunks:
+            moments = _add_moments(moments, _spectra(g2[start:start + chunk], b_out, p, dtype),
+                                   _input_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype,
+                                                  "conj_frequencies"))
+        grad = (torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device) if moments is None  # no tokens
+                else _kernel_grad_from_moments(moments, p))
     if shared is not None:
         shared.done()
-    if moments is None:  # no tokens
-        return torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device)
-    return _kernel_grad_from_moments(moments, p)
+    return grad
 
 
 class _CirculantAdd(torch.autograd.Function):
@@ -306,8 +333,8 @@ class _CirculantAdd(torch.autograd.Function):
         for start in range(0, g2.shape[0], chunk):
             g_spectra = _spectra(g2[start:start + chunk], b_out, p, dtype)
             if need_kernel:
-                moments = _add_moments(moments, g_spectra,
-                                       _x_conj_spectra(ctx.shared, start, x2[start:start + chunk], b_in, p, dtype))
+                moments = _add_moments(moments, g_spectra, _input_spectra(
+                    ctx.shared, start, x2[start:start + chunk], b_in, p, dtype, "conj_frequencies"))
             if need_x:
                 _write_rows(_apply_spectral(operator_t, g_spectra, p), gx2[start:start + chunk], accumulate=False)
         if need_kernel:

@@ -1,0 +1,121 @@
+"""The CPU moments of the kernel gradient (c3a/moments.py), against einsum and the batched-matmul path."""
+import pytest
+import torch
+
+from c3a import circulant, moments
+from c3a.circulant import c3a_linear, kernel_grad
+
+
+def _spectra(shape, dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.complex(torch.randn(shape, generator=gen, dtype=dtype), torch.randn(shape, generator=gen, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tokens", [0, 1, 3, 4, 7, 9, 64])  # four tokens a pass, and what is left over
+def test_add_moments_is_the_sum_over_tokens(tokens, dtype):
+    g = _spectra((tokens, 3, 5), dtype, 0)
+    x = _spectra((tokens, 2, 5), dtype, 1)
+    start = _spectra((3, 2, 5), dtype, 2)
+    got = start.clone()
+    moments.add_moments(got, g, x)
+    want = start.to(torch.complex128) + torch.einsum("tif,tjf->ijf", g.to(torch.complex128),
+                                                     x.to(torch.complex128).conj())
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    torch.testing.assert_close(got.to(torch.complex128), want, rtol=rtol, atol=rtol * (1 + tokens))
+
+
+def test_add_moments_refuses_what_it_cannot_read():
+    g, x = _spectra((4, 3, 5), torch.float32, 0), _spectra((4, 2, 5), torch.float32, 1)
+    out = torch.zeros(3, 2, 5, dtype=torch.complex64)
+    with pytest.raises(ValueError, match=r"x_spectra has shape \(4, 2, 6\), expected \(4, 2, 5\)"):
+        moments.add_moments(out, g, _spectra((4, 2, 6), torch.float32, 1))
+    with pytest.raises(ValueError, match=r"moments has shape \(2, 2, 5\), expected \(3, 2, 5\)"):
+        moments.add_moments(torch.zeros(2, 2, 5, dtype=torch.complex64), g, x)
+    with pytest.raises(ValueError, match="x_spectra is torch.complex128; all three must be one of"):
+        moments.add_moments(out, g, x.to(torch.complex128))
+    with pytest.raises(ValueError, match="g_spectra is torch.float32"):
+        moments.add_moments(out, g.real.contiguous(), x)
+    with pytest.raises(ValueError, match="x_spectra must be contiguous"):
+        moments.add_moments(out, g, _spectra((2, 4, 5), torch.float32, 1).transpose(0, 1))
+    with pytest.raises(ValueError, match="x_spectra must be contiguous with no lazy conjugate"):
+        moments.add_moments(out, g, x.conj())
+
+
+def test_applies_only_to_plain_cpu_tensors():
+    plain = torch.zeros(2)
+    assert moments.applies(plain, torch.nn.Parameter(torch.zeros(2)))
+    assert not moments.applies(plain, torch.zeros(2, device="meta"))
+
+    class Subclass(torch.Tensor):
+        pass
+
+    assert not moments.applies(plain.as_subclass(Subclass))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_grad_on_the_cpu_equals_the_batched_matmul_path(dtype, monkeypatch):
+    """Both ways of summing the moments give the float64 kernel gradient to the dtype's rounding, also with
+    several chunks of tokens and an output gradient in bf16 (autocast's)."""
+    monkeypatch.setattr(circulant, "MIN_CHUNK_ELEMENTS", 1000)  # 4 chunks of 13 tokens (the last 12)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 26, 96, generator=gen, dtype=dtype)
+    grad_outs = {"same dtype": torch.randn(2, 26, 144, generator=gen, dtype=dtype)}
+    grad_outs["bf16"] = grad_outs["same dtype"].bfloat16()
+    for grad_out in grad_outs.values():
+        reference = kernel_grad(x.double(), grad_out.double(), 3, 2, 48)
+        got = kernel_grad(x, grad_out, 3, 2, 48)
+        with monkeypatch.context() as patch:
+            patch.setattr(moments, "applies", lambda *tensors: False)
+            batched = kernel_grad(x, grad_out, 3, 2, 48)
+        bound = (1e-6 if dtype == torch.float32 else 1e-13) * reference.norm()
+        assert got.dtype == batched.dtype == dtype
+        assert (got.double() - reference).norm() < bound and (batched.double() - reference).norm() < bound
+
+
+def test_strided_inputs_and_gradients():
+    """A transposed input or output gradient (as a UNet's attention or a channels-last layer hands over) makes rfft
+    write strided spectra; the kernel gradient is still the dense one."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 10, generator=gen, dtype=torch.float64).T  # (10 tokens, 32 features), strided
+    grad_out = torch.randn(48, 10, generator=gen, dtype=torch.float64).T
+    assert not x.is_contiguous() and not grad_out.is_contiguous()
+    kernel = torch.zeros(3, 2, 16, dtype=torch.float64, requires_grad=True)
+    (x @ circulant.block_circulant_matrix(kernel).T).backward(grad_out)
+    torch.testing.assert_close(kernel_grad(x, grad_out, 3, 2, 16), kernel.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_a_non_finite_output_gradient_stays_non_finite():
+    """A GradScaler skips a step by finding inf/NaN in the gradients: the kernel gradient must carry them."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(9, 32, generator=gen)
+    for bad in (float("inf"), float("nan")):
+        grad_out = torch.randn(9, 64, generator=gen)
+        grad_out[4, 7] = bad
+        assert not torch.isfinite(kernel_grad(x, grad_out, 4, 2, 16)).all()
+
+
+def test_readers_on_both_paths_share_each_layout_once(monkeypatch):
+    """q on the merged path and two narrow readers on the FFT path read one x: the merged reader's kernel gradient
+    wants rfft's layout and the FFT readers' the conjugated batched one; each is computed once, the gradients
+    are exact, and nothing is kept after the backward pass."""
+    layouts, spectra = [], circulant._x_spectra
+    monkeypatch.setattr(circulant, "_x_spectra", lambda rows, blocks, p, dtype, layout: (
+        layouts.append(layout) or spectra(rows, blocks, p, dtype, layout)))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 5, 24, generator=gen, dtype=torch.float64).requires_grad_()
+    paths = ["merged", "fft", "fft"]
+    kernels = [(torch.randn(3, 3, 8, generator=gen, dtype=torch.float64) * 0.1).requires_grad_() for _ in paths]
+    weights = [torch.randn(24, 24, generator=gen, dtype=torch.float64) for _ in paths]
+    total = sum((c3a_linear(x, w, None, k, 0.5, path=path) ** 2).sum() for w, k, path in zip(weights, kernels, paths))
+    total.backward()
+    assert sorted(layouts) == ["conj_frequencies", "tokens"]
+    dense_x = x.detach().clone().requires_grad_()
+    dense_kernels = [k.detach().clone().requires_grad_() for k in kernels]
+    sum(((torch.nn.functional.linear(dense_x, w) + 0.5 * dense_x @ circulant.block_circulant_matrix(k).T) ** 2
+         ).sum() for w, k in zip(weights, dense_kernels)).backward()
+    torch.testing.assert_close(x.grad, dense_x.grad, rtol=1e-10, atol=1e-10)
+    for kernel, dense in zip(kernels, dense_kernels):
+        torch.testing.assert_close(kernel.grad, dense.grad, rtol=1e-10, atol=1e-10)
+    entry = circulant._READERS.get(id(x))
+    assert entry is not None and all(group.spectra == {} for group in entry[1].values())
