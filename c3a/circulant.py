@@ -17,9 +17,10 @@ autocast, see `choose_path`):
 Layout used by both: a chunk of c tokens becomes its blockwise rfft as a contiguous complex (F, b, c) tensor,
 tokens last. The per-frequency contractions (over blocks, or over tokens for the kernel gradient) are then
 complex batched matmuls over the F = p//2 + 1 frequencies (the conjugate transpose is a view BLAS reads as
-such), and the inverse FFT runs over the frequency dim. Tokens are processed in chunks (few ops for small
-inputs, bounded transient memory for large ones). Adapted layers that read one input (q, k, v) transform it once
-for their kernel gradients (`SharedInput`).
+such), and the inverse FFT runs over the frequency dim. On the CPU the merged path's kernel gradient instead
+sums its moments straight from rfft's (c, b, F) output (`c3a.moments`: no transposing copies). Tokens are
+processed in chunks (few ops for small inputs, bounded transient memory for large ones). Adapted layers that read
+one input (q, k, v) transform it once for their kernel gradients (`SharedInput`).
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Two training runs at once on one machine: step time with torch's default threads vs framework/threads.py's.
+"""Two training runs at once on one machine (or one alone): step time with torch's default threads vs
+framework/threads.py's.
 
-Each condition starts two worker processes at the same moment; each runs a warm-up step and then `--steps`
+Each condition starts `--workers` worker processes (default 2) at the same moment; each runs a warm-up step and then `--steps`
 training steps of a small Llama (SmolLM2-135M's shapes, `--layers` decoder layers, random weights, C3A on
 q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
   default   OMP_WAIT_POLICY and OMP_NUM_THREADS unset: what run.py did before (torch takes one thread per
@@ -10,10 +11,11 @@ q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
   shared    the same with SLURM_CPUS_PER_TASK = cores / 2: each run was given its half of the machine, as a
             scheduler would (the default ignores that variable)
 Rounds alternate the order of the conditions. Ends with `RATIO concurrent_step_<cond>_vs_default <median>`
-(per round: the mean over the two workers of their median step time, relative to default's), the same for CPU
-seconds per step (`concurrent_step_cpu_...`: spinning threads burn CPU without doing work) and SPREAD lines.
-The machine may be loaded by other jobs: compare within a round, not across runs.
-Run: python scripts/bench_threads.py [--rounds 2] [--steps 6] [--layers 4]
+(per round: the mean over the workers of their median step time, relative to default's), the same for CPU
+seconds per step (`concurrent_step_cpu_...`: spinning threads burn CPU without doing work) and SPREAD lines;
+`solo_...` instead of `concurrent_...` with `--workers 1`, what passive waiting costs a run that has the machine
+to itself. The machine may be loaded by other jobs: compare within a round, not across runs.
+Run: python scripts/bench_threads.py [--rounds 2] [--steps 6] [--layers 4] [--workers 2]
 """
 from __future__ import annotations
 
@@ -65,7 +67,8 @@ def run_condition(condition: str, args) -> list[dict]:
         env["SLURM_CPUS_PER_TASK"] = str(max(1, len(os.sched_getaffinity(0)) // 2))
     command = [sys.executable, __file__, "--worker", condition, "--steps", str(args.steps),
                "--layers", str(args.layers)]
-    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT) for _ in range(2)]
+    procs = [subprocess.Popen(command, env=env, stdout=subprocess.PIPE, text=True, cwd=ROOT)
+             for _ in range(args.workers)]
     outs = [proc.communicate()[0] for proc in procs]
     if any(proc.returncode for proc in procs):
         raise SystemExit(f"a {condition} worker failed")
@@ -77,11 +80,14 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=2, help="runs at once (1: a run alone)")
     parser.add_argument("--worker", choices=CONDITIONS, dest="condition", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.condition:
         worker(args)
         return 0
+    if args.workers < 1 or args.rounds < 1 or args.steps < 1:
+        parser.error(f"--workers={args.workers}, --rounds={args.rounds} and --steps={args.steps} must be >= 1")
     load = os.getloadavg()[0]
     print(f"{len(os.sched_getaffinity(0))} CPUs, load average {load:.1f} at the start", flush=True)
     per_round = []
@@ -97,11 +103,12 @@ def main(argv=None) -> int:
                   + "  CPU s per step " + " ".join(f"{w['median_step_cpu_s']:.2f}" for w in workers), flush=True)
         per_round.append(row)
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
+    prefix = "concurrent" if args.workers > 1 else "solo"
     for condition in CONDITIONS[1:]:
         for suffix, kind in (("", "step"), ("_cpu", "step_cpu")):  # cpu: CPU seconds burnt per step (spinning counts)
             values = [row[condition + suffix] / row["default" + suffix] for row in per_round]
-            print(f"RATIO concurrent_{kind}_{condition}_vs_default {statistics.median(values):.4f}")
-            print(f"SPREAD concurrent_{kind}_{condition}_vs_default min={min(values):.4f} max={max(values):.4f} "
+            print(f"RATIO {prefix}_{kind}_{condition}_vs_default {statistics.median(values):.4f}")
+            print(f"SPREAD {prefix}_{kind}_{condition}_vs_default min={min(values):.4f} max={max(values):.4f} "
                   f"rounds={len(values)}")
     return 0
 
