@@ -444,14 +444,16 @@ def main(argv=None) -> None:
     else:
         token_shapes, layer_warmup, layer_repeats = [(32, 256), (128, 256)], 1, 3
         model_shape, model_layers, model_pairs = (16, 256), args.model_layers, args.model_pairs
+    import numba
     import peft
     import transformers
 
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                "unknown") if Path("/proc/cpuinfo").exists() else "unknown"
     print(f"device={device} threads={threads} cpu={cpu} capability={torch.backends.cpu.get_cpu_capability()} "
-          f"native_bf16={native_bf16} torch={torch.__version__} peft={peft.__version__} "
-          f"transformers={transformers.__version__}")
+          f"native_bf16={native_bf16} wait_policy={os.environ.get('OMP_WAIT_POLICY', 'unset')} "
+          f"torch={torch.__version__} peft={peft.__version__} transformers={transformers.__version__} "
+          f"numba={numba.__version__}")
     print("peak memory: " + ("torch.cuda.max_memory_allocated above the start" if device.type == "cuda" else
                              "peak RSS (VmHWM) above the RSS at the start of the step"))
     begin = time.perf_counter()

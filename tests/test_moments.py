@@ -1,4 +1,7 @@
 """The CPU moments of the kernel gradient (c3a/moments.py), against einsum and the batched-matmul path."""
+import os
+
+import numba
 import pytest
 import torch
 
@@ -12,7 +15,7 @@ def _spectra(shape, dtype, seed):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("tokens", [0, 1, 3, 4, 7, 9, 64])  # four tokens a pass, and what is left over
+@pytest.mark.parametrize("tokens", [0, 1, 3, 4, 7, 9, 64, 130, 259])  # four a pass, what is left, threads
 def test_add_moments_is_the_sum_over_tokens(tokens, dtype):
     g = _spectra((tokens, 3, 5), dtype, 0)
     x = _spectra((tokens, 2, 5), dtype, 1)
@@ -23,6 +26,32 @@ def test_add_moments_is_the_sum_over_tokens(tokens, dtype):
                                                      x.to(torch.complex128).conj())
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got.to(torch.complex128), want, rtol=rtol, atol=rtol * (1 + tokens))
+
+
+@pytest.mark.skipif(numba.config.NUMBA_NUM_THREADS < 2, reason="numba's pool has one thread on this machine")
+def test_threads_split_the_tokens_and_sum_as_one_thread(monkeypatch):
+    """Split over threads (uneven runs of tokens, not multiples of the four-token pass) the sum is one thread's
+    to float rounding; the pool's layer is then known, and a thread-safe one is kept."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    g, x = _spectra((203, 3, 5), torch.float64, 0), _spectra((203, 2, 5), torch.float64, 1)
+    assert moments.thread_count(203) == 2 and moments.thread_count(127) == 1
+    threaded, serial = torch.zeros(3, 2, 5, dtype=torch.complex128), torch.zeros(3, 2, 5, dtype=torch.complex128)
+    moments.add_moments(threaded, g, x)
+    moments._accumulate(g.numpy(), x.numpy(), serial.numpy(), 0, 203)
+    torch.testing.assert_close(threaded, serial, rtol=1e-13, atol=1e-12)
+    assert moments._pool["usable"] == (numba.threading_layer() in moments.THREAD_SAFE_LAYERS)
+
+
+def test_one_thread_after_a_fork_or_without_a_thread_safe_pool(monkeypatch):
+    """GNU OpenMP's pool does not survive a fork, and numba's workqueue pool is not thread-safe: one thread then."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    monkeypatch.setattr(numba.config, "NUMBA_NUM_THREADS", 2)
+    monkeypatch.setattr(moments, "_pool", {"pid": os.getpid(), "usable": True})
+    assert moments.thread_count(1000) == 2
+    monkeypatch.setattr(moments, "_pool", {"pid": os.getpid() + 1, "usable": True})  # a forked child's view
+    assert moments.thread_count(1000) == 1
+    monkeypatch.setattr(moments, "_pool", {"pid": os.getpid(), "usable": False})
+    assert moments.thread_count(1000) == 1
 
 
 def test_add_moments_refuses_what_it_cannot_read():
