@@ -1,5 +1,7 @@
 """The CPU moments of the kernel gradient (c3a/moments.py), against einsum and the batched-matmul path."""
 import os
+import signal
+import time
 
 import numba
 import pytest
@@ -40,6 +42,37 @@ def test_threads_split_the_tokens_and_sum_as_one_thread(monkeypatch):
     moments._accumulate(g.numpy(), x.numpy(), serial.numpy(), 0, 203)
     torch.testing.assert_close(threaded, serial, rtol=1e-13, atol=1e-12)
     assert moments._pool["usable"] == (numba.threading_layer() in moments.THREAD_SAFE_LAYERS)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or numba.config.NUMBA_NUM_THREADS < 2,
+                    reason="needs fork and a numba pool of two threads")
+def test_a_forked_child_sums_on_one_thread_and_does_not_hang(monkeypatch):
+    """After the parent used numba's pool, a forked child (GNU OpenMP's pool does not survive a fork) still sums
+    the moments: on one thread, to the parent's result."""
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    g, x = _spectra((256, 3, 5), torch.float64, 0), _spectra((256, 2, 5), torch.float64, 1)
+    parent = torch.zeros(3, 2, 5, dtype=torch.complex128)
+    moments.add_moments(parent, g, x)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            child = torch.zeros(3, 2, 5, dtype=torch.complex128)
+            moments.add_moments(child, g, x)
+            ok = moments.thread_count(256) == 1 and torch.allclose(child, parent, rtol=1e-13, atol=1e-12)
+            os.write(write_end, b"ok" if ok else b"wrong")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    deadline = time.monotonic() + 60
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung summing the moments")
+        time.sleep(0.05)
+    with os.fdopen(read_end, "rb") as pipe:
+        assert pipe.read() == b"ok"
 
 
 def test_one_thread_after_a_fork_or_without_a_thread_safe_pool(monkeypatch):
