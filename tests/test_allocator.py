@@ -12,7 +12,7 @@ from conftest import ROOT
 from framework.allocator import is_glibc, keep_freed_memory, user_policy
 
 # a training step's pattern: large tensors (40, 130 and 64 MiB) made, used and freed, step after step; the page
-# faults of the fourth step
+# faults of each of five steps after three of warm-up
 CODE = """
 import resource
 from framework import threads
@@ -23,10 +23,14 @@ def step():
     return sum(float(t.sum()) for t in tensors)
 for _ in range(3):
     step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-step()
-print("faults", resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, decided["allocator"])
+faults = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    step()
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print("faults", ",".join(map(str, faults)), decided["allocator"])
 """
+STEP_PAGES = (40 + 130 + 64) << 8  # 59,904 pages of 4 KiB
 
 
 def test_user_policy_is_found_in_any_of_its_forms():
@@ -38,16 +42,20 @@ def test_user_policy_is_found_in_any_of_its_forms():
     assert keep_freed_memory({"MALLOC_MMAP_MAX_": "65536"})["keep_freed_memory"] is False
 
 
-def _fourth_step_faults(**env) -> int:
+def _warm_step_faults(**env) -> list[int]:
     environ = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
     done = subprocess.run([sys.executable, "-c", CODE], cwd=ROOT, env=dict(environ, **env), capture_output=True,
                           text=True, timeout=120, check=True)
-    return int(done.stdout.split()[1])
+    return [int(count) for count in done.stdout.split()[1].split(",")]
 
 
 @pytest.mark.skipif(not is_glibc(), reason="glibc's mallopt")
 def test_a_training_steps_large_tensors_cost_no_page_faults_once_warm():
-    kept = _fourth_step_faults()
-    glibc_default = _fourth_step_faults(MALLOC_MMAP_MAX_="65536")  # a user's policy: glibc's own default
-    assert kept < 1000, kept  # the step touches 234 MiB: 59,904 pages of 4 KiB
-    assert glibc_default > 30000, glibc_default
+    """Kept: most warm steps fault no page, and five of them fewer than one step's pages in all. (In about half
+    the runs the 64 MiB tensor lands in fresh heap once, as the freed space is split differently: 16,384 faults in
+    one of the five steps, none after; the old single-step check failed on it about one run in ten.) glibc's
+    default maps every large tensor afresh, every step."""
+    kept = _warm_step_faults()
+    glibc_default = _warm_step_faults(MALLOC_MMAP_MAX_="65536")  # a user's policy: glibc's own default
+    assert sorted(kept)[2] < 1000 and sum(kept) < STEP_PAGES, kept
+    assert min(glibc_default) > STEP_PAGES // 2, glibc_default
