@@ -1,9 +1,9 @@
 """Two training runs at once on one machine (or one alone): step time with torch's default threads vs
 framework/threads.py's.
 
-Each condition starts `--workers` worker processes (default 2) at the same moment; each runs a warm-up step and then `--steps`
-training steps of a small Llama (SmolLM2-135M's shapes, `--layers` decoder layers, random weights, C3A on
-q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
+Each condition starts `--workers` worker processes (default 2) at the same moment; each runs a warm-up step and
+then `--steps` training steps of a small Llama (SmolLM2-135M's shapes, `--layers` decoder layers, random weights,
+C3A on q/v, batch 8 x 64 tokens) and reports its median step time. Conditions:
   default   OMP_WAIT_POLICY and OMP_NUM_THREADS unset: what run.py did before (torch takes one thread per
             core it sees, OpenMP threads spin while they wait)
   fitted    framework.threads.configure(), as run.py does now: passive waiting, threads = the CPUs the
