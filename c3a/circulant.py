@@ -18,7 +18,7 @@ Layout used by both: a chunk of c tokens becomes its blockwise rfft as a contigu
 tokens last. The per-frequency contractions (over blocks, or over tokens for the kernel gradient) are then
 complex batched matmuls over the F = p//2 + 1 frequencies (the conjugate transpose is a view BLAS reads as
 such), and the inverse FFT runs over the frequency dim. On the CPU the merged path's kernel gradient instead
-sums its moments straight from rfft's (c, b, F) output (`c3a.moments`: no transposing copies). Tokens are
+sums its moments straight from rfft's (c, b, F) output for blocks of 32 or more (`c3a.moments`). Tokens are
 processed in chunks (few ops for small inputs, bounded transient memory for large ones). Adapted layers that read
 one input (q, k, v) transform it once for their kernel gradients (`SharedInput`).
 """
@@ -270,7 +270,7 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
     g2 = grad_out.reshape(-1, b_out * p)
     chunk = _chunk_tokens(x2.shape[0], max(b_in, b_out) * p)
     chunks = range(0, x2.shape[0], chunk)
-    if cpu_moments.applies(x2, g2):  # the moments straight from rfft's layout: no transposing copies
+    if cpu_moments.applies(p, x2, g2):  # the moments straight from rfft's layout: no transposing copies
         complex_dtype = torch.complex128 if dtype == torch.float64 else torch.complex64
         moments = torch.zeros(b_out, b_in, p // 2 + 1, dtype=complex_dtype)
         for start in chunks:

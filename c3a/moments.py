@@ -4,7 +4,8 @@ The kernel gradient needs, for every frequency f, M[i, j, f] = Σ_t G[t, i, f]·
 tokens t, with G and X the blockwise rffts of the output gradient and the input. rfft writes them as
 (tokens, blocks, F). As batched matmuls over f, the contraction first needs both rewritten as (F, blocks, tokens)
 and X conjugated: three passes over the activations that cost more than the arithmetic (issue 15). The loop
-below reads rfft's layout as it is, compiled by numba for the machine it runs on.
+below reads rfft's layout as it is, compiled by numba for the machine it runs on. It pays from blocks of 32 on
+(MIN_BLOCK_SIZE); smaller blocks keep the batched matmuls.
 
 Threads: the tokens are split over torch's thread count (each thread sums its own copy of M) through numba's
 thread pool, when numba has a thread-safe one (OpenMP or TBB; its fallback "workqueue" pool is neither thread-safe
@@ -19,6 +20,9 @@ import numba
 import numpy as np
 import torch
 
+# below this block size (F = 17 frequencies) the f loop is too short to vectorise, and the batched matmuls win
+# (kernel_grad, loop / batched, 2 threads: block 8 2.8-6.8x, 16 1.7-2.2x, 32 0.57-1.07x, 64 0.69-0.80x)
+MIN_BLOCK_SIZE = 32
 # below this many tokens per thread, starting the threads costs more than they save
 MIN_TOKENS_PER_THREAD = 64
 THREAD_SAFE_LAYERS = ("omp", "tbb")
@@ -65,10 +69,11 @@ def thread_count(tokens: int) -> int:
     return max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS, tokens // MIN_TOKENS_PER_THREAD))
 
 
-def applies(*tensors: torch.Tensor) -> bool:
-    """Whether `add_moments` can take these tensors: plain CPU tensors outside a torch.compile trace (NumPy sees
-    neither GPU memory, tensor subclasses nor the fake tensors of a trace)."""
-    return not torch.compiler.is_compiling() and all(
+def applies(block_size: int, *tensors: torch.Tensor) -> bool:
+    """Whether `add_moments` can take these tensors and pays at this block size: plain CPU tensors outside a
+    torch.compile trace (NumPy sees neither GPU memory, tensor subclasses nor the fake tensors of a trace), blocks
+    of at least MIN_BLOCK_SIZE."""
+    return block_size >= MIN_BLOCK_SIZE and not torch.compiler.is_compiling() and all(
         type(t) in (torch.Tensor, torch.nn.Parameter) and t.device.type == "cpu" for t in tensors)
 
 

@@ -104,15 +104,22 @@ def test_add_moments_refuses_what_it_cannot_read():
         moments.add_moments(out, g, x.conj())
 
 
-def test_applies_only_to_plain_cpu_tensors():
+def test_applies_only_to_plain_cpu_tensors_and_blocks_where_it_pays(monkeypatch):
     plain = torch.zeros(2)
-    assert moments.applies(plain, torch.nn.Parameter(torch.zeros(2)))
-    assert not moments.applies(plain, torch.zeros(2, device="meta"))
+    assert moments.applies(32, plain, torch.nn.Parameter(torch.zeros(2)))
+    assert not moments.applies(16, plain)  # too few frequencies: the batched matmuls win
+    assert not moments.applies(32, plain, torch.zeros(2, device="meta"))
 
     class Subclass(torch.Tensor):
         pass
 
-    assert not moments.applies(plain.as_subclass(Subclass))
+    assert not moments.applies(32, plain.as_subclass(Subclass))
+    used = []
+    monkeypatch.setattr(moments, "add_moments", lambda *args: used.append(True))
+    kernel_grad(torch.randn(4, 32), torch.randn(4, 32), 2, 2, 16)
+    assert not used
+    kernel_grad(torch.randn(4, 64), torch.randn(4, 64), 2, 2, 32)
+    assert used
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -139,22 +146,22 @@ def test_strided_inputs_and_gradients():
     """A transposed input or output gradient (as a UNet's attention or a channels-last layer hands over) makes rfft
     write strided spectra; the kernel gradient is still the dense one."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(32, 10, generator=gen, dtype=torch.float64).T  # (10 tokens, 32 features), strided
-    grad_out = torch.randn(48, 10, generator=gen, dtype=torch.float64).T
+    x = torch.randn(64, 10, generator=gen, dtype=torch.float64).T  # (10 tokens, 64 features), strided
+    grad_out = torch.randn(96, 10, generator=gen, dtype=torch.float64).T
     assert not x.is_contiguous() and not grad_out.is_contiguous()
-    kernel = torch.zeros(3, 2, 16, dtype=torch.float64, requires_grad=True)
+    kernel = torch.zeros(3, 2, 32, dtype=torch.float64, requires_grad=True)
     (x @ circulant.block_circulant_matrix(kernel).T).backward(grad_out)
-    torch.testing.assert_close(kernel_grad(x, grad_out, 3, 2, 16), kernel.grad, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(kernel_grad(x, grad_out, 3, 2, 32), kernel.grad, rtol=1e-12, atol=1e-12)
 
 
 def test_a_non_finite_output_gradient_stays_non_finite():
     """A GradScaler skips a step by finding inf/NaN in the gradients: the kernel gradient must carry them."""
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(9, 32, generator=gen)
+    x = torch.randn(9, 64, generator=gen)
     for bad in (float("inf"), float("nan")):
-        grad_out = torch.randn(9, 64, generator=gen)
+        grad_out = torch.randn(9, 128, generator=gen)
         grad_out[4, 7] = bad
-        assert not torch.isfinite(kernel_grad(x, grad_out, 4, 2, 16)).all()
+        assert not torch.isfinite(kernel_grad(x, grad_out, 4, 2, 32)).all()
 
 
 def test_readers_on_both_paths_share_each_layout_once(monkeypatch):
@@ -165,10 +172,10 @@ def test_readers_on_both_paths_share_each_layout_once(monkeypatch):
     monkeypatch.setattr(circulant, "_x_spectra", lambda rows, blocks, p, dtype, layout: (
         layouts.append(layout) or spectra(rows, blocks, p, dtype, layout)))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(3, 5, 24, generator=gen, dtype=torch.float64).requires_grad_()
+    x = torch.randn(3, 5, 96, generator=gen, dtype=torch.float64).requires_grad_()
     paths = ["merged", "fft", "fft"]
-    kernels = [(torch.randn(3, 3, 8, generator=gen, dtype=torch.float64) * 0.1).requires_grad_() for _ in paths]
-    weights = [torch.randn(24, 24, generator=gen, dtype=torch.float64) for _ in paths]
+    kernels = [(torch.randn(3, 3, 32, generator=gen, dtype=torch.float64) * 0.1).requires_grad_() for _ in paths]
+    weights = [torch.randn(96, 96, generator=gen, dtype=torch.float64) for _ in paths]
     total = sum((c3a_linear(x, w, None, k, 0.5, path=path) ** 2).sum() for w, k, path in zip(weights, kernels, paths))
     total.backward()
     assert sorted(layouts) == ["conj_frequencies", "tokens"]
