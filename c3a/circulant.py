@@ -195,12 +195,17 @@ def _chunk_tokens(tokens: int, features: int) -> int:
     return max(-(-tokens // MAX_CHUNKS), MIN_CHUNK_ELEMENTS // max(1, features), 1)
 
 
+def _block_rfft(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
+    """(c, blocks*p) signal -> its blockwise rfft, (c, blocks, F) complex, laid out as rfft writes it."""
+    return torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2)
+
+
 def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, conjugate: bool = False) -> torch.Tensor:
     """(c, blocks*p) signal -> its blockwise rfft as contiguous (F, blocks, c) complex (``conjugate``: its
     complex conjugate, written out). Frequency f is then a (blocks, c) matrix, so the contractions over blocks
     (operator) or over tokens (kernel gradient) are batched matmuls on contiguous operands (one transposing copy
     here; strided operands would make bmm copy each of the F matrices)."""
-    spectra = torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).permute(2, 1, 0)
+    spectra = _block_rfft(rows, blocks, p, dtype).permute(2, 1, 0)
     if not conjugate:
         return spectra.contiguous()
     # written out, not a lazy conj view: bmm copies a conjugated operand (issue 15's profile: 1 ms per call)
@@ -210,7 +215,7 @@ def _spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, conjug
 def _token_spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype) -> torch.Tensor:
     """(c, blocks*p) signal -> its blockwise rfft, contiguous (c, blocks, F) complex: as rfft writes it for
     contiguous rows (a strided input, e.g. a transposed gradient, gets a strided output, copied here)."""
-    return torch.fft.rfft(rows.to(dtype).view(rows.shape[0], blocks, p), dim=2).contiguous()
+    return _block_rfft(rows, blocks, p, dtype).contiguous()
 
 
 def _x_spectra(rows: torch.Tensor, blocks: int, p: int, dtype: torch.dtype, layout: str) -> torch.Tensor:
