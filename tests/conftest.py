@@ -63,3 +63,14 @@ def compose(tmp_path):
     def _compose(overrides: list[str]):
         return compose_cfg(overrides, tmp_path)
     return _compose
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def device(request):
+    """Each device a check must hold on: the CPU always, a CUDA device where one is (`make gpu-check` runs the
+    CUDA cases alone); skipped, with the reason, where none is."""
+    import torch
+
+    if request.param == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device here (make gpu-check runs these where one is)")
+    return torch.device(request.param)

@@ -21,13 +21,14 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # many tiny ops
 SHAPES = [(16, 16, 16), (16, 16, 4), (12, 20, 4), (24, 8, 8), (24, 72, 8), (768, 3072, 128), (768, 768, 768)]
 
 
-def _kernel(d_in, d_out, p, dtype=f64, seed=0):
+def _kernel(d_in, d_out, p, dtype=f64, seed=0, device="cpu"):
     gen = torch.Generator().manual_seed(seed)
-    return torch.randn(d_out // p, d_in // p, p, generator=gen, dtype=dtype)
+    return torch.randn(d_out // p, d_in // p, p, generator=gen, dtype=dtype).to(device)
 
 
-def _x(shape, dtype=f64, seed=1):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+def _x(shape, dtype=f64, seed=1, device="cpu"):
+    """Drawn on the CPU, then moved: every device sees the same numbers."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype).to(device)
 
 
 def test_matrix_row_convention():
@@ -100,11 +101,11 @@ def test_matmul_equals_dense_float64(d_in, d_out, p):
 
 @pytest.mark.parametrize("path", ["merged", "fft"])
 @pytest.mark.parametrize("d_in,d_out,p", SHAPES)
-def test_c3a_linear_equals_dense_float64(d_in, d_out, p, path):
-    kernel = _kernel(d_in, d_out, p)
-    weight = _x((d_out, d_in), seed=2)
-    bias = _x((d_out,), seed=3)
-    x = _x((3, 4, d_in))
+def test_c3a_linear_equals_dense_float64(d_in, d_out, p, path, device):
+    kernel = _kernel(d_in, d_out, p, device=device)
+    weight = _x((d_out, d_in), seed=2, device=device)
+    bias = _x((d_out,), seed=3, device=device)
+    x = _x((3, 4, d_in), device=device)
     scale = 1.0 / d_in
     expected = F.linear(x, weight, bias) + scale * (x @ block_circulant_matrix(kernel).T)
     out = c3a_linear(x, weight, bias, kernel, scale, path=path)
@@ -113,17 +114,17 @@ def test_c3a_linear_equals_dense_float64(d_in, d_out, p, path):
 
 
 @pytest.mark.parametrize("path", ["merged", "fft"])
-def test_many_tokens_several_chunks(path, monkeypatch):
+def test_many_tokens_several_chunks(path, monkeypatch, device):
     """Chunked processing (several chunks, a partial last one) is exact in value and both gradients."""
     import c3a.circulant as circulant
 
     monkeypatch.setattr(circulant, "MIN_CHUNK_ELEMENTS", 1 << 12)  # 5,000 tokens x 96 features: 4 chunks
     assert circulant._chunk_tokens(5000, 96) == 1250
     d_in, d_out, p = 64, 96, 16
-    kernel = _kernel(d_in, d_out, p).requires_grad_()
-    weight = _x((d_out, d_in), seed=2)
-    x = _x((5, 1000, d_in)).requires_grad_()
-    grad_out = _x((5, 1000, d_out), seed=7)
+    kernel = _kernel(d_in, d_out, p, device=device).requires_grad_()
+    weight = _x((d_out, d_in), seed=2, device=device)
+    x = _x((5, 1000, d_in), device=device).requires_grad_()
+    grad_out = _x((5, 1000, d_out), seed=7, device=device)
     out = c3a_linear(x, weight, None, kernel, 0.25, path=path)
     out.backward(grad_out)
     dense_kernel = kernel.detach().clone().requires_grad_()
@@ -135,12 +136,13 @@ def test_many_tokens_several_chunks(path, monkeypatch):
     torch.testing.assert_close(kernel.grad, dense_kernel.grad, rtol=1e-10, atol=1e-9)
 
 
-def test_kernel_grad_equals_dense_gradient():
+@pytest.mark.parametrize("p", [16, 32])  # the batched matmuls; on the CPU from 32 on the moments loop
+def test_kernel_grad_equals_dense_gradient(p, device):
     """The FFT kernel gradient equals autograd through the dense matrix, with chunking over many tokens."""
-    d_in, d_out, p = 64, 96, 16
-    kernel = _kernel(d_in, d_out, p).requires_grad_()
-    x = _x((5000, d_in))  # several CPU chunks
-    grad_out = _x((5000, d_out), seed=7)
+    d_in, d_out = 64, 96
+    kernel = _kernel(d_in, d_out, p, device=device).requires_grad_()
+    x = _x((5000, d_in), device=device)  # several CPU chunks
+    grad_out = _x((5000, d_out), seed=7, device=device)
     (x @ block_circulant_matrix(kernel).T).backward(grad_out)
     got = kernel_grad(x, grad_out, d_out // p, d_in // p, p)
     torch.testing.assert_close(got, kernel.grad, rtol=1e-10, atol=1e-9)
@@ -155,11 +157,11 @@ def test_gradcheck_matmul(d_in, d_out, p):
 
 @pytest.mark.parametrize("path", ["merged", "fft"])
 @pytest.mark.parametrize("d_in,d_out,p", [(8, 8, 8), (8, 12, 4), (12, 6, 3)])
-def test_gradcheck_c3a_linear(d_in, d_out, p, path):
-    kernel = _kernel(d_in, d_out, p).requires_grad_()
-    weight = _x((d_out, d_in), seed=2).requires_grad_()
-    bias = _x((d_out,), seed=3).requires_grad_()
-    x = _x((2, 3, d_in)).requires_grad_()
+def test_gradcheck_c3a_linear(d_in, d_out, p, path, device):
+    kernel = _kernel(d_in, d_out, p, device=device).requires_grad_()
+    weight = _x((d_out, d_in), seed=2, device=device).requires_grad_()
+    bias = _x((d_out,), seed=3, device=device).requires_grad_()
+    x = _x((2, 3, d_in), device=device).requires_grad_()
     assert torch.autograd.gradcheck(lambda *a: c3a_linear(*a, 0.7, path=path), (x, weight, bias, kernel))
 
 
@@ -218,14 +220,14 @@ def test_peft_x_gradient_differs_from_dense():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-def test_half_precision_inputs(dtype):
+def test_half_precision_inputs(dtype, device):
     """bf16/fp16 model: output in the model dtype near the float32 result; kernel gradient stays float32."""
     d_in, d_out, p = 128, 256, 32
-    kernel32 = _kernel(d_in, d_out, p, dtype=torch.float32) * 0.1
-    weight32 = _x((d_out, d_in), dtype=torch.float32, seed=2) / d_in ** 0.5
-    bias32 = _x((d_out,), dtype=torch.float32, seed=3)
-    x32 = _x((2, 40, d_in), dtype=torch.float32)
-    grad_out = _x((2, 40, d_out), dtype=torch.float32, seed=4)
+    kernel32 = _kernel(d_in, d_out, p, dtype=torch.float32, device=device) * 0.1
+    weight32 = _x((d_out, d_in), dtype=torch.float32, seed=2, device=device) / d_in ** 0.5
+    bias32 = _x((d_out,), dtype=torch.float32, seed=3, device=device)
+    x32 = _x((2, 40, d_in), dtype=torch.float32, device=device)
+    grad_out = _x((2, 40, d_out), dtype=torch.float32, seed=4, device=device)
 
     ref_kernel = kernel32.clone().requires_grad_()
     ref_x = x32.clone().requires_grad_()
@@ -267,19 +269,19 @@ def test_choose_path():
 
 
 @pytest.mark.parametrize("bias", [False, True])
-def test_merged_under_autocast_is_autocast_of_the_merged_weight(bias):
+def test_merged_under_autocast_is_autocast_of_the_merged_weight(bias, device):
     """Under autocast the merged path computes what autocast makes of F.linear(x, W0 + scale·C): the forward and
     grad_x use bf16(W_eff); the kernel gradient is the FFT path's (the float64 one to float32 rounding), computed from
     the float32 input."""
     d_in, d_out, p, scale = 128, 192, 32, 0.7
-    weight = _x((d_out, d_in), dtype=torch.float32, seed=2) / d_in ** 0.5
-    bias_ = _x((d_out,), dtype=torch.float32, seed=3).requires_grad_() if bias else None
-    kernel = (_kernel(d_in, d_out, p, dtype=torch.float32) * 0.1).requires_grad_()
-    x = _x((2, 40, d_in), dtype=torch.float32).requires_grad_()
-    grad_out = _x((2, 40, d_out), dtype=torch.bfloat16, seed=4)
+    weight = _x((d_out, d_in), dtype=torch.float32, seed=2, device=device) / d_in ** 0.5
+    bias_ = _x((d_out,), dtype=torch.float32, seed=3, device=device).requires_grad_() if bias else None
+    kernel = (_kernel(d_in, d_out, p, dtype=torch.float32, device=device) * 0.1).requires_grad_()
+    x = _x((2, 40, d_in), dtype=torch.float32, device=device).requires_grad_()
+    grad_out = _x((2, 40, d_out), dtype=torch.bfloat16, seed=4, device=device)
     grads = {}
     for path in ("merged", "fft"):
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             assert choose_path(x, weight, kernel) == "merged"
             out = c3a_linear(x, weight, bias_, kernel, scale, path=path)
         assert out.dtype == torch.bfloat16
@@ -353,7 +355,7 @@ def _groups_of(x):
 
 @pytest.mark.parametrize("chunked", [False, True])
 @pytest.mark.parametrize("path", ["merged", "fft"])
-def test_layers_reading_one_input_share_its_spectra(path, chunked, monkeypatch):
+def test_layers_reading_one_input_share_its_spectra(path, chunked, monkeypatch, device):
     """q, k and v read one x: within a backward pass its conj spectra are computed once per block size (here 2 of
     4 layers' worth: one layer has another block size), also when the readers cut the tokens into different
     chunks; the gradients stay exact and the spectra are dropped after the last reader."""
@@ -363,10 +365,10 @@ def test_layers_reading_one_input_share_its_spectra(path, chunked, monkeypatch):
         monkeypatch.setattr(circulant, "MIN_CHUNK_ELEMENTS", 200)
         assert [circulant._chunk_tokens(15, f) for f in (72, 48, 24)] == [4, 4, 8]
     transforms = _count_x_transforms(monkeypatch)
-    x = _x((3, 5, 24)).requires_grad_()
+    x = _x((3, 5, 24), device=device).requires_grad_()
     shapes = [(72, 8), (24, 8), (48, 8), (48, 4)]  # (d_out, block size): three at 8, one at 4
-    kernels = [_kernel(24, d_out, p, seed=i).requires_grad_() for i, (d_out, p) in enumerate(shapes)]
-    weights = [_x((d_out, 24), seed=10 + i) for i, (d_out, _) in enumerate(shapes)]
+    kernels = [_kernel(24, d_out, p, seed=i, device=device).requires_grad_() for i, (d_out, p) in enumerate(shapes)]
+    weights = [_x((d_out, 24), seed=10 + i, device=device) for i, (d_out, _) in enumerate(shapes)]
     total = sum((c3a_linear(x, w, None, k, 0.5, path=path) ** 2).sum() for w, k in zip(weights, kernels))
     groups = _groups_of(x)
     assert sorted(g.readers for g in groups.values()) == [1, 3]
@@ -403,21 +405,21 @@ def test_each_forward_pass_starts_its_own_group(monkeypatch):
     assert _groups_of(other) == {}
 
 
-def test_merged_under_autocast_learns_as_the_fft_path():
+def test_merged_under_autocast_learns_as_the_fft_path(device):
     """Training kernels from zero under bf16 autocast: the merged path (forward through bf16(W0 + C)) fits a
     block-circulant target as the exact FFT path does, although tiny early kernels round away in its forward."""
     d, p, tokens = 64, 16, 256
     gen = torch.Generator().manual_seed(0)
-    weight = torch.randn(d, d, generator=gen) / d ** 0.5
-    target_kernel = torch.randn(d // p, d // p, p, generator=gen) * 0.05
-    x = torch.randn(tokens, d, generator=gen)
+    weight = (torch.randn(d, d, generator=gen) / d ** 0.5).to(device)
+    target_kernel = (torch.randn(d // p, d // p, p, generator=gen) * 0.05).to(device)
+    x = torch.randn(tokens, d, generator=gen).to(device)
     y = F.linear(x, weight + block_circulant_matrix(target_kernel))
     losses = {}
     for path in ("merged", "fft"):
-        kernel = torch.zeros(d // p, d // p, p, requires_grad=True)
+        kernel = torch.zeros(d // p, d // p, p, requires_grad=True, device=device)
         optimizer = torch.optim.Adam([kernel], lr=0.01)
         for _ in range(60):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast(device.type, dtype=torch.bfloat16):
                 loss = F.mse_loss(c3a_linear(x, weight, None, kernel, 1.0, path=path).float(), y)
             optimizer.zero_grad()
             loss.backward()
@@ -428,18 +430,19 @@ def test_merged_under_autocast_learns_as_the_fft_path():
     assert abs(losses["merged"] - losses["fft"]) < 0.2 * losses["fft"] + 1e-4, losses
 
 
-def test_readers_under_autocast_share_the_float32_input(monkeypatch):
+def test_readers_under_autocast_share_the_float32_input(monkeypatch, device):
     """Under autocast q, k and v (merged path) still transform their shared float32 input once, and their kernel
     gradients are the FFT path's (the bf16 casts each matmul makes are not what the kernel gradient reads)."""
     transforms = _count_x_transforms(monkeypatch)
-    x = _x((2, 64, 64), dtype=torch.float32).requires_grad_()
-    kernels = [(_kernel(64, d_out, 16, dtype=torch.float32, seed=i) * 0.1).requires_grad_()
+    x = _x((2, 64, 64), dtype=torch.float32, device=device).requires_grad_()
+    kernels = [(_kernel(64, d_out, 16, dtype=torch.float32, seed=i, device=device) * 0.1).requires_grad_()
                for i, d_out in enumerate((64, 32, 32))]
-    weights = [_x((d_out, 64), dtype=torch.float32, seed=10 + i) / 8 for i, d_out in enumerate((64, 32, 32))]
+    weights = [_x((d_out, 64), dtype=torch.float32, seed=10 + i, device=device) / 8
+               for i, d_out in enumerate((64, 32, 32))]
     grads = {}
     for path in ("merged", "fft"):
         transforms.clear()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast(device.type, dtype=torch.bfloat16):
             outs = [c3a_linear(x, w, None, k, 0.5, path=path) for w, k in zip(weights, kernels)]
         grads[path] = torch.autograd.grad([o.float().square().sum() for o in outs], kernels)
         assert transforms == [16], (path, transforms)
