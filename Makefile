@@ -10,7 +10,7 @@ export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-all params bench bench-loop bench-threads plain-loop plain-loop-ablations memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
+.PHONY: help install test test-all gpu-check params bench bench-loop bench-threads plain-loop plain-loop-ablations memory memory-estimate memory-gpu cost table2 tables report demo llama-cpu table3 table4 vit-pretrain vit-demo diffusion-demo clean
 
 help: ## Show this help
 	@grep -hE '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,11 +31,15 @@ test: ## Run the tests (without the slow ones), offline
 test-all: ## Run every test, the slow end-to-end ones too
 	$(PYTHON) -m pytest -q
 
+gpu-check: ## On a CUDA machine: the adapter's tests on the GPU, the paper-scale LLaMA benchmark and make bench there (OUT=folder)
+	PYTHON=$(PYTHON) bash scripts/gpu_check.sh $(OUT)
+
 params: ## Trainable-parameter counts vs the paper (Tables 2, 3/4, A2 rows), offline
 	$(PYTHON) scripts/count_params.py
 
-bench: ## C3A operator speed and memory vs LoRA r=8 and PEFT's C3A (ratios side by side)
+bench: ## C3A's speed and memory vs LoRA and PEFT's C3A (ratios side by side): RoBERTa, SmolLM2 and LLaMA2-7B shapes
 	$(PYTHON) scripts/bench_c3a.py
+	$(PYTHON) scripts/bench_paper_llama.py
 
 memory: ## Peak training memory per Table 2 method, CPU scaled-down version (ratios to LoRA)
 	$(PYTHON) scripts/measure_memory.py

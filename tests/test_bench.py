@@ -59,3 +59,47 @@ def test_bf16_model_step_is_full_size_only_where_bf16_is_native(monkeypatch):
     monkeypatch.delattr(bench_c3a.torch.cpu, "_is_avx512_bf16_supported")  # a torch without the private probe
     monkeypatch.delattr(bench_c3a.torch.cpu, "_is_amx_tile_supported")
     assert bench_c3a.has_native_bf16("cpu") is False
+
+
+def _ratios(stdout: str) -> tuple[dict, dict]:
+    ratios, spreads = {}, {}
+    for line in stdout.splitlines():
+        if line.startswith("RATIO "):
+            _, name, value = line.split()
+            ratios[name] = float(value)
+        elif line.startswith("SPREAD "):
+            _, name, *fields = line.split()
+            spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
+    return ratios, spreads
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
+def test_paper_llama_bench_runs_the_table3_presets_in_miniature():
+    """scripts/bench_paper_llama.py (made for a GPU) on tiny-llama: the Table 3 presets' adapters on every
+    projection, ratios against LoRA r=32 and PEFT's C3A, each the median of its rounds."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
+    command = [sys.executable, str(ROOT / "scripts" / "bench_paper_llama.py"), "--device", "cpu", "--model",
+               "tiny-llama", "--batch", "2", "--seq", "16", "--rounds", "3", "--layers", "1"]
+    proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "lora={'r': 32, 'lora_alpha': 64, 'lora_dropout': 0.05}" in proc.stdout  # read from the presets
+    for name in ("q_proj     256->256 block 128", "down_proj  512->256 block 256"):
+        assert name in proc.stdout
+    ratios, spreads = _ratios(proc.stdout)
+    for part in ("layers", "step"):
+        for other in ("lora", "peft_c3a"):
+            name = f"tiny_llama_{part}_c3a_vs_{other}_time"
+            assert spreads[name]["pairs"] == 3 and spreads[name]["min"] <= ratios[name] <= spreads[name]["max"]
+            if part == "step":
+                assert ratios[f"tiny_llama_step_c3a_vs_{other}_peak_memory"] > 0
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "smollm2"], "choose from ['llama2-7b', 'llama3-8b', 'tiny-llama']"),
+    (["--rounds", "0"], "--rounds=0 must be >= 1"),
+])
+def test_paper_llama_bench_refuses_bad_input_before_compute(args, message):
+    command = [sys.executable, str(ROOT / "scripts" / "bench_paper_llama.py"), "--device", "cpu", *args]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode != 0 and message in proc.stderr, proc.stderr[-2000:]
+    assert "projections alone" not in proc.stdout
