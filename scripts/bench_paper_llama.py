@@ -17,7 +17,7 @@ Parts, each timed in rotating order, so that drift and the step after another mo
   batch's tokens: frozen / LoRA / PEFT's C3A / ours. `RATIO <model>_layers_c3a_vs_{lora,peft_c3a}_time` sum one
   layer's five projections per round; `..._c3a_vs_lora_overhead_time` compares what each adds to the frozen Linear;
 - training step: forward, backward and AdamW of the model. `RATIO <model>_step_c3a_vs_{lora,peft_c3a}_time`
-  (median of per-round ratios, with SPREAD lines) and `..._peak_memory` (one more step each, measured alone).
+  (median of per-round ratios, with SPREAD lines) and `..._peak_memory` (median of three more steps each).
 Run: python scripts/bench_paper_llama.py [--layers 2] [--rounds 10] [--model llama2-7b]
 """
 from __future__ import annotations
@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT / "scripts"))
 from bench_c3a import Holder, PeakMemory, _print_ratios, fmt_mib, fmt_ms  # noqa: E402
 
 METHODS = ("frozen", "lora", "peft_c3a", "ours")
+MEMORY_ROUNDS = 3  # peak memory: the median of three steps each, rotating (a CPU's RSS peak varies step to step)
 PROTOCOL = ROOT / "conf" / "experiment" / "table3"
 
 
@@ -170,8 +171,8 @@ def build_model(settings: dict, layers: int, method: str, device) -> nn.Module:
 
 
 def bench_step(settings: dict, layers: int, batch: int, seq: int, rounds: int, device, sync) -> tuple[dict, dict]:
-    """Training steps of one model per method (LoRA, PEFT's C3A, ours), in rotating order; then the peak memory of
-    one more step each, measured alone."""
+    """Training steps of one model per method (LoRA, PEFT's C3A, ours), in rotating order; then their peak memory,
+    the median of MEMORY_ROUNDS more steps each."""
     vocab = settings["architecture"]["vocab_size"]
     input_ids = torch.randint(0, vocab, (batch, seq), generator=torch.Generator().manual_seed(3)).to(device)
     steps = {}
@@ -186,17 +187,20 @@ def bench_step(settings: dict, layers: int, batch: int, seq: int, rounds: int, d
 
         steps[method] = step
     times = time_rounds(steps, rounds, sync)
-    memory = PeakMemory(device)
-    peaks = {}
-    for method, step in steps.items():
-        memory.start()
-        step()
-        peaks[method] = memory.stop()
+    memory = PeakMemory(device)  # after the timing: its malloc setting (CPU) is not what training runs with
+    measured = {method: [] for method in steps}
+    for round_index in range(MEMORY_ROUNDS):
+        for method in rotated(steps, round_index):
+            memory.start()
+            steps[method]()
+            measured[method].append(memory.stop())
+    peaks = {method: statistics.median(values) for method, values in measured.items()}
     print(f"\ntraining step, {layers} of {settings['architecture']['num_hidden_layers']} decoder layers, "
           f"{batch} x {seq} tokens, bf16 model, {rounds} rounds")
     for method in steps:
         print(f"  {method:<9} ms " + " ".join(f"{s * 1e3:.0f}" for s in times[method])
-              + f"   peak {fmt_mib(peaks[method]).strip()} MiB", flush=True)
+              + f"   peak MiB {fmt_mib(peaks[method]).strip()} (" + " ".join(
+                  fmt_mib(value).strip() for value in measured[method]) + ")", flush=True)
     return times, peaks
 
 
