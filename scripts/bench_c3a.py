@@ -121,6 +121,18 @@ class OursLinear(nn.Module):
         return c3a_linear(x, self.base.weight, self.base.bias, self.kernel, self.scale)
 
 
+def layer_step(module: nn.Module, x: torch.Tensor, grad_out: torch.Tensor):
+    """One forward + backward of ``module`` on ``x`` (which requires grad), gradients cleared after: a timed step."""
+
+    def step():
+        module(x).backward(grad_out)
+        x.grad = None
+        for param in module.parameters():
+            param.grad = None
+
+    return step
+
+
 def build_layer(method: str, d: int, block_size: int, device) -> nn.Module:
     import peft
 
@@ -183,15 +195,7 @@ def bench_layers(token_shapes, device, memory, warmup, repeats, sync) -> dict:
             grad_out = torch.randn(batch, seq, d, device=device, generator=gen)
             steps = {}
             for method in LAYER_METHODS:
-                module = build_layer(method, d, block_size, device)
-
-                def step(module=module):
-                    module(x).backward(grad_out)
-                    x.grad = None
-                    for param in module.parameters():
-                        param.grad = None
-
-                steps[method] = step
+                steps[method] = layer_step(build_layer(method, d, block_size, device), x, grad_out)
             key = (model_name, batch * seq)
             results[key] = run_interleaved(steps, memory, warmup, repeats, sync, once=("peft_c3a",))
             row = results[key]

@@ -8,8 +8,8 @@ Shapes and settings come from the project's configs, not from this file:
   loads the model (no autocast), so our adapter takes its FFT path (a bf16 weight is never merged);
 - the adapters: the Table 3 presets `conf/experiment/table3/llama{2,3}_{c3a,lora}.yaml`. Ours: block 128 on q, k, v
   and 256 on up, down. LoRA: r=32, alpha 64, dropout 0.05 (PEFT). PEFT's C3A: the same blocks. Targets: q, k, v,
-  up, down (the model entry's `targets.instruct`). Kernels and LoRA weights are float32 (PEFT upcasts its
-  adapters; ours are float32 by design);
+  up, down (Table 3's: `targets.instruct` of conf/model/llama2-7b.yaml). Kernels and LoRA weights are float32
+  (PEFT upcasts its adapters; ours are float32 by design);
 - the batch: 16 x 256 random tokens on CUDA (Commonsense170K's batch; Table 3's memory column used it).
 
 Parts, each timed in rotating order, so that drift and the step after another model's hit every method alike:
@@ -35,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
-from bench_c3a import Holder, PeakMemory, _print_ratios, fmt_mib, fmt_ms  # noqa: E402
+from bench_c3a import Holder, PeakMemory, _print_ratios, fmt_mib, fmt_ms, layer_step  # noqa: E402
 
 METHODS = ("frozen", "lora", "peft_c3a", "ours")
 MEMORY_ROUNDS = 3  # peak memory: the median of three steps each, rotating (a CPU's RSS peak varies step to step)
@@ -144,14 +144,7 @@ def bench_projections(settings: dict, tokens: int, rounds: int, device, sync) ->
             holder = Holder(nn.Linear(d_in, d_out, bias=False, device=device, dtype=torch.bfloat16))
             module = adapt(holder.requires_grad_(False), method, ["proj"],
                            dict(settings, block_size=block_size_of(name, settings), block_size_pattern={}))
-
-            def step(module=module):
-                module(x).backward(grad_out)
-                x.grad = None
-                for param in module.parameters():
-                    param.grad = None
-
-            steps[method] = step
+            steps[method] = layer_step(module, x, grad_out)
         times = time_rounds(steps, rounds, sync)
         for method in METHODS:
             per_round[method] = [a + b for a, b in zip(per_round[method], times[method])]

@@ -14,6 +14,19 @@ REQUIRED = ["c3a_vs_peft_c3a_time", "c3a_vs_lora_overhead_time", "c3a_vs_lora_pe
             *LLAMA, *LLAMA_LAYERS]
 
 
+def _ratios(stdout: str) -> tuple[dict, dict]:
+    """The RATIO lines as {name: value} and the SPREAD lines as {name: {min, max, pairs}}."""
+    ratios, spreads = {}, {}
+    for line in stdout.splitlines():
+        if line.startswith("RATIO "):
+            _, name, value = line.split()
+            ratios[name] = float(value)
+        elif line.startswith("SPREAD "):
+            _, name, *fields = line.split()
+            spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
+    return ratios, spreads
+
+
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
 def test_bench_quick_prints_ratios():
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="offline")
@@ -21,14 +34,7 @@ def test_bench_quick_prints_ratios():
                "--model-pairs", "3"]
     proc = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ratios, spreads = {}, {}
-    for line in proc.stdout.splitlines():
-        if line.startswith("RATIO "):
-            _, name, value = line.split()
-            ratios[name] = float(value)
-        elif line.startswith("SPREAD "):
-            _, name, *fields = line.split()
-            spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
+    ratios, spreads = _ratios(proc.stdout)
     assert set(REQUIRED) <= set(ratios), proc.stdout[-3000:]
     # an overhead ratio is a difference of two timings over another: on a loaded machine it may come out <= 0
     assert all(value > 0 for name, value in ratios.items() if "overhead" not in name), ratios
@@ -60,17 +66,6 @@ def test_bf16_model_step_is_full_size_only_where_bf16_is_native(monkeypatch):
     monkeypatch.delattr(bench_c3a.torch.cpu, "_is_amx_tile_supported")
     assert bench_c3a.has_native_bf16("cpu") is False
 
-
-def _ratios(stdout: str) -> tuple[dict, dict]:
-    ratios, spreads = {}, {}
-    for line in stdout.splitlines():
-        if line.startswith("RATIO "):
-            _, name, value = line.split()
-            ratios[name] = float(value)
-        elif line.startswith("SPREAD "):
-            _, name, *fields = line.split()
-            spreads[name] = {key: float(value) for key, value in (field.split("=") for field in fields)}
-    return ratios, spreads
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
