@@ -2,7 +2,8 @@
 device, against the same steps in float64 on the CPU (an independent reference: other dtype, other kernels, the
 CPU's paths). Each of the adapter's numerics is covered: the merged path and the FFT path in float32, a bf16 model
 (FFT path, float32 kernels) and bf16 autocast over a float32 model (merged path). Then merge, unmerge and a
-save / load round trip on the device. The CUDA cases run where a GPU is (`make gpu-check`)."""
+save / load round trip on the device, and activation checkpointing (both torch modes) against none. The CUDA
+cases run where a GPU is (`make gpu-check`)."""
 import copy
 
 import pytest
@@ -115,3 +116,26 @@ def test_merge_unmerge_and_save_load_on_the_device(device, tmp_path):
     fresh = load_c3a(tiny_llama().to(device), tmp_path).eval()
     with torch.no_grad():
         torch.testing.assert_close(fresh(input_ids=input_ids).logits, adapted, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("use_reentrant", [False, True])
+def test_activation_checkpointing_gives_the_same_kernel_gradients(use_reentrant, device):
+    """Recomputing the decoder layers in backward (activation checkpointing, either torch mode) leaves every
+    kernel's gradient as it is without: q, k and v still share their input's spectra, now those of the
+    recomputed input (reentrant: a new graph; non-reentrant: the original nodes, fed recomputed tensors)."""
+    input_ids = torch.randint(0, 96, (4, 32), generator=torch.Generator().manual_seed(2)).to(device)
+    grads = {}
+    for checkpointed in (False, True):
+        model = with_c3a(torch.float32).to(device).train()
+        if checkpointed:
+            kwargs = {"use_reentrant": use_reentrant}
+            if hasattr(model, "activation_checkpointing_enable"):  # transformers 5's name
+                model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+            assert any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+        model(input_ids=input_ids, labels=input_ids).loss.backward()
+        grads[checkpointed] = {name: p.grad for name, p in model.named_parameters() if p.requires_grad}
+    assert grads[True].keys() == grads[False].keys() and all(g is not None for g in grads[True].values())
+    for name, grad in grads[False].items():
+        torch.testing.assert_close(grads[True][name], grad, rtol=1e-5, atol=1e-7, msg=name)
