@@ -67,7 +67,6 @@ def test_bf16_model_step_is_full_size_only_where_bf16_is_native(monkeypatch):
     assert bench_c3a.has_native_bf16("cpu") is False
 
 
-
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="CPU peak memory needs Linux /proc")
 def test_paper_llama_bench_runs_the_table3_presets_in_miniature():
     """scripts/bench_paper_llama.py (made for a GPU) on tiny-llama: the Table 3 presets' adapters on every
