@@ -69,6 +69,23 @@ def relative(got, want) -> float:
 
 @pytest.mark.parametrize("setting", list(SETTINGS))
 def test_training_steps_match_float64_on_the_cpu(setting, device, monkeypatch):
+    train_and_compare(setting, device, monkeypatch)
+
+
+@pytest.mark.parametrize("setting", list(SETTINGS))
+def test_the_gpus_kernel_gradient_on_the_cpu(setting, monkeypatch):
+    """Where the CPU has code of its own, the kernel gradient's numba moments loop (blocks of 32 or more: up and
+    down here), a GPU runs the batched matmuls: the same comparison on the CPU with the loop off, so that a failure
+    of the CUDA cases above points at the device, not at that path. (The tiny model's weights are below the NumPy
+    build's size: its W_eff is torch's build, as on a GPU.)"""
+    from c3a import moments
+
+    monkeypatch.setattr(moments, "applies", lambda *args: False)
+    train_and_compare(setting, torch.device("cpu"), monkeypatch)
+
+
+def train_and_compare(setting: str, device: torch.device, monkeypatch) -> None:
+    """Train the setting's model on ``device`` and a float64 copy on the CPU; compare losses and kernel updates."""
     base_dtype, autocast, path = SETTINGS[setting]
     chosen = []
     choose = circulant.choose_path
