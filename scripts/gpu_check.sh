@@ -12,7 +12,7 @@
 # Needs python3 with torch (CUDA), transformers, peft, numba, pyyaml and pytest (no hydra, datasets or wandb).
 # Usage: scripts/gpu_check.sh [OUT]   (default results/bench/gpu-<date>; `make gpu-check OUT=…`)
 # Next, if the GPU's time allows: Table 2's memory column, `python3 scripts/measure_memory.py --device cuda`
-# (18 rows, one subprocess each). It composes rows as run.py does, so it also needs hydra-core 1.3.8,
+# (16 rows, one subprocess each). It composes rows as run.py does, so it also needs hydra-core 1.3.8,
 # omegaconf 2.3.1 and antlr4-python3-runtime 4.9.3 (pure-Python wheels; nothing else beyond the list above).
 set -u
 cd "$(dirname "$0")/.."
