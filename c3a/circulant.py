@@ -258,9 +258,12 @@ def _add_moments(moments: torch.Tensor | None, g_spectra: torch.Tensor, x_conj_s
     return chunk if moments is None else moments.add_(chunk)
 
 
-def _kernel_grad_from_moments(moments: torch.Tensor, p: int) -> torch.Tensor:
-    """Σ G conj(X) per frequency, (F, b_out, b_in) -> kernel gradient irfft(Σ conj(G) X), (b_out, b_in, p)."""
-    return torch.fft.irfft(moments.conj().permute(1, 2, 0), n=p)
+def _kernel_grad_from_moments(moments: torch.Tensor, p: int, layout: str) -> torch.Tensor:
+    """Σ G conj(X) per frequency -> kernel gradient irfft(Σ conj(G) X), (b_out, b_in, p). ``layout``: the moments'
+    as their path sums them, "tokens" (b_out, b_in, F) or "conj_frequencies" (F, b_out, b_in)."""
+    if layout == "conj_frequencies":
+        moments = moments.permute(1, 2, 0)
+    return torch.fft.irfft(moments.conj(), n=p)
 
 
 def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, p: int,
@@ -281,7 +284,7 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
         for start in chunks:
             cpu_moments.add_moments(moments, _token_spectra(g2[start:start + chunk], b_out, p, dtype),
                                     _input_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype, "tokens"))
-        grad = torch.fft.irfft(moments.conj(), n=p)
+        grad = _kernel_grad_from_moments(moments, p, "tokens")
     else:
         moments = None
         for start in chunks:
@@ -289,7 +292,7 @@ def kernel_grad(x: torch.Tensor, grad_out: torch.Tensor, b_out: int, b_in: int, 
                                    _input_spectra(shared, start, x2[start:start + chunk], b_in, p, dtype,
                                                   "conj_frequencies"))
         grad = (torch.zeros(b_out, b_in, p, dtype=dtype, device=x.device) if moments is None  # no tokens
-                else _kernel_grad_from_moments(moments, p))
+                else _kernel_grad_from_moments(moments, p, "conj_frequencies"))
     if shared is not None:
         shared.done()
     return grad
@@ -347,7 +350,7 @@ class _CirculantAdd(torch.autograd.Function):
             if ctx.shared is not None:
                 ctx.shared.done()
             grad_kernel = (kernel_grad(x, grad_out, b_out, b_in, p) if moments is None  # no tokens: zeros
-                           else _kernel_grad_from_moments(moments, p))
+                           else _kernel_grad_from_moments(moments, p, "conj_frequencies"))
             grad_kernel = (grad_kernel * ctx.scale).to(kernel.dtype)
         grad_base = grad_out if ctx.has_base and ctx.needs_input_grad[0] else None
         return grad_base, grad_x, grad_kernel, None, None, None
